@@ -1,0 +1,265 @@
+"""Settings for Catalyst Ops Console.
+
+Every setting that can change between machines is read from the environment here,
+through the typed helpers below, which fail loudly on a value they cannot parse.
+"""
+
+import os
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def envstr(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
+
+
+def envint(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def envdecimal(name: str, default: str, *, minimum: str = "0") -> Decimal:
+    raw = os.environ.get(name) or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a decimal number, got {raw!r}") from None
+    if not value.is_finite() or value < Decimal(minimum):
+        raise ImproperlyConfigured(f"{name} must be a number of at least {minimum}, got {raw!r}")
+    return value
+
+
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def envlist(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# --- Django core -----------------------------------------------------------------
+
+DEBUG = envbool("DJANGO_DEBUG", False)
+SECRET_KEY = envstr("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (make run sets DJANGO_DEBUG=true)"
+        )
+    SECRET_KEY = "insecure-development-key-only-used-with-debug-on"
+ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_q",
+    "trading",
+    "risk",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "catalyst.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "trading.context_processors.broker",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "catalyst.wsgi.application"
+ASGI_APPLICATION = "catalyst.asgi.application"
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'var' / 'catalyst.sqlite3'}",
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The console, the monitor and the worker all write: WAL lets readers run beside
+    # the writer, IMMEDIATE takes the write lock up front so transactions queue on
+    # the busy timeout instead of failing with "database is locked" mid-way.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Security (production defaults; DEBUG relaxes the HTTPS-only ones) ------------
+
+SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_HSTS_SECONDS = 0 if DEBUG else envint("DJANGO_HSTS_SECONDS", 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+
+# --- Logging: one line per event on stdout; secrets are never formatted in ---------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": sys.stdout, "formatter": "line"}},
+    "root": {"handlers": ["stdout"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"urllib3": {"level": "WARNING"}},
+}
+
+# --- REST API ------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "COERCE_DECIMAL_TO_STRING": True,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Catalyst Ops Console API",
+    "VERSION": "1.0.0",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- Broker --------------------------------------------------------------------
+
+ALPACA_API_KEY = envstr("ALPACA_API_KEY")
+ALPACA_SECRET_KEY = envstr("ALPACA_SECRET_KEY")
+ALPACA_PAPER = envbool("ALPACA_PAPER", True)
+PAPER_EXCHANGE_URL = envstr("PAPER_EXCHANGE_URL", "http://127.0.0.1:5099")
+_USING_PAPER_EXCHANGE = not (ALPACA_API_KEY and ALPACA_SECRET_KEY)
+ALPACA_TRADING_URL = envstr("ALPACA_TRADING_URL") or (PAPER_EXCHANGE_URL if _USING_PAPER_EXCHANGE else "")
+ALPACA_DATA_URL = envstr("ALPACA_DATA_URL") or (PAPER_EXCHANGE_URL if _USING_PAPER_EXCHANGE else "")
+ALPACA_DATA_FEED = envchoice("ALPACA_DATA_FEED", "iex", ("iex", "sip", "delayed_sip", "boats", "overnight"))
+BROKER_TIMEOUT_SECONDS = envdecimal("BROKER_TIMEOUT_SECONDS", "10", minimum="0.1")
+BROKER_RETRY_ATTEMPTS = envint("BROKER_RETRY_ATTEMPTS", 2)
+BROKER_RETRY_WAIT_SECONDS = envint("BROKER_RETRY_WAIT_SECONDS", 1, minimum=1)
+BROKER_QUOTE_BATCH_SIZE = envint("BROKER_QUOTE_BATCH_SIZE", 200, minimum=1)
+BRACKET_TIME_IN_FORCE = envchoice("BRACKET_TIME_IN_FORCE", "gtc", ("gtc", "day"))
+BRACKET_LEG_CHECK_SECONDS = envdecimal("BRACKET_LEG_CHECK_SECONDS", "2")
+TEST_ORDER_MAX_QTY = envdecimal("TEST_ORDER_MAX_QTY", "1", minimum="0.000000001")
+
+# --- Fallback monitor ------------------------------------------------------------
+
+MONITOR_INTERVAL_SECONDS = envint("MONITOR_INTERVAL_SECONDS", 30, minimum=1)
+MONITOR_QUOTE_MAX_AGE_SECONDS = envint("MONITOR_QUOTE_MAX_AGE_SECONDS", 60, minimum=1)
+MONITOR_EXIT_FILL_WAIT_SECONDS = envdecimal("MONITOR_EXIT_FILL_WAIT_SECONDS", "3")
+MONITOR_MARKET_HOURS_ONLY = envbool("MONITOR_MARKET_HOURS_ONLY", True)
+MONITOR_LEASE_SECONDS = envint("MONITOR_LEASE_SECONDS", 120, minimum=5)
+MONITOR_ALERT_AFTER_ERROR_CYCLES = envint("MONITOR_ALERT_AFTER_ERROR_CYCLES", 3, minimum=1)
+RECONCILE_EVERY_N_CYCLES = envint("RECONCILE_EVERY_N_CYCLES", 10, minimum=1)
+PROTECTION_POLICY = envchoice("PROTECTION_POLICY", "protect", ("protect", "flatten", "alert"))
+PROTECTION_DEFAULT_STOP_PERCENT = envdecimal("PROTECTION_DEFAULT_STOP_PERCENT", "2", minimum="0.01")
+PROTECTION_DEFAULT_TARGET_PERCENT = envdecimal("PROTECTION_DEFAULT_TARGET_PERCENT", "4", minimum="0.01")
+CHECKLIST_MAX_POSITION_AGE_HOURS = envint("CHECKLIST_MAX_POSITION_AGE_HOURS", 72, minimum=1)
+
+# --- Alerts ----------------------------------------------------------------------
+
+ALERT_WEBHOOK_URL = envstr("ALERT_WEBHOOK_URL")
+ALERT_WEBHOOK_TIMEOUT_SECONDS = envdecimal("ALERT_WEBHOOK_TIMEOUT_SECONDS", "3", minimum="0.1")
+ALERT_WEBHOOK_RETRIES = envint("ALERT_WEBHOOK_RETRIES", 2)
+ALERT_EMAIL_TO = envlist("ALERT_EMAIL_TO")
+MAILERS = {"default": {"BACKEND": envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")}}
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "catalyst@localhost")
+
+# --- django-q2: the scheduled monitor ---------------------------------------------
+# ORM broker unless REDIS_URL is set. The task's own lease keeps cycles from
+# overlapping; `retry` must exceed `timeout` or the ORM broker hands a running
+# task out again (checked by risk.checks).
+
+REDIS_URL = envstr("REDIS_URL")
+Q_CLUSTER = {
+    "name": "catalyst",
+    "workers": envint("Q_WORKERS", 2, minimum=1),
+    "timeout": envint("Q_TIMEOUT_SECONDS", 300, minimum=1),
+    "retry": envint("Q_RETRY_SECONDS", 360, minimum=1),
+    "max_attempts": 1,
+    "catch_up": False,
+    "save_limit": 1000,
+    "ack_failures": True,
+    "poll": 1,
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"

@@ -1,0 +1,28 @@
+"""System checks for settings the monitor relies on."""
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+
+@register()
+def monitor_settings_check(app_configs, **kwargs):
+    problems = []
+    q = settings.Q_CLUSTER
+    if q.get("retry", 0) <= q.get("timeout", 0):
+        problems.append(Error(
+            f"Q_CLUSTER retry ({q.get('retry')}) must exceed timeout ({q.get('timeout')})",
+            hint="Otherwise django-q2's ORM broker hands a running monitor task out again.",
+            id="risk.E001",
+        ))
+    if settings.MONITOR_INTERVAL_SECONDS >= 60 and settings.MONITOR_INTERVAL_SECONDS % 60:
+        problems.append(Error("MONITOR_INTERVAL_SECONDS of a minute or more must be whole minutes",
+                              id="risk.E002"))
+    elif settings.MONITOR_INTERVAL_SECONDS < 60 and 60 % settings.MONITOR_INTERVAL_SECONDS:
+        problems.append(Warning("MONITOR_INTERVAL_SECONDS should divide 60 for an even cron schedule",
+                                id="risk.W001"))
+    if settings.MONITOR_LEASE_SECONDS <= settings.MONITOR_EXIT_FILL_WAIT_SECONDS:
+        problems.append(Error("MONITOR_LEASE_SECONDS must exceed MONITOR_EXIT_FILL_WAIT_SECONDS", id="risk.E003"))
+    if not settings.ALPACA_PAPER and not (settings.ALPACA_API_KEY and settings.ALPACA_SECRET_KEY):
+        problems.append(Error("ALPACA_PAPER=false (live trading) needs ALPACA_API_KEY and ALPACA_SECRET_KEY",
+                              id="trading.E001"))
+    return problems

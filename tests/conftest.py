@@ -1,0 +1,1 @@
+from tests.paper_exchange_fixtures import *  # noqa: F401,F403

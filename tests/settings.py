@@ -1,0 +1,14 @@
+"""Settings for the test run: the project's own, with a throwaway secret key and quick
+retries so fault tests don't sleep. Everything else still comes from the environment
+(DATABASE_URL selects SQLite or PostgreSQL)."""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789")
+
+from catalyst.settings import *  # noqa: E402,F403
+
+BROKER_TIMEOUT_SECONDS = Decimal("3")  # noqa: F405
+BROKER_RETRY_WAIT_SECONDS = 0
+MONITOR_EXIT_FILL_WAIT_SECONDS = Decimal("1")  # noqa: F405
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,504 @@
+"""The only module that talks to Alpaca (alpaca-py). Everything else calls these functions.
+
+It makes up for what alpaca-py 0.44 leaves out:
+- no HTTP timeout: every request gets BROKER_TIMEOUT_SECONDS, so a hung broker can't hang us;
+- POST /v2/orders is retried on 429/504, so a retry may meet "client_order_id must be
+  unique": the order is then looked up by its client_order_id, never sent again;
+- request models carry prices as floats: prices are rounded with Decimal before they go in;
+- APIError.code/.message raise on a non-JSON body: errors are read here, defensively;
+- one unknown enum value fails a whole typed list: responses are read raw and parsed
+  here order by order, with Decimal and aware datetimes;
+- a 0 bid or ask means "no bid/ask"; long symbol lists are split into batches.
+"""
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from functools import cache
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.data.enums import DataFeed
+from alpaca.data.historical import StockHistoricalDataClient
+from alpaca.data.requests import StockLatestQuoteRequest
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeInForce
+from alpaca.trading.requests import (
+    GetOrderByIdRequest,
+    GetOrdersRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    StopLossRequest,
+    TakeProfitRequest,
+)
+from django.conf import settings
+from django.utils.dateparse import parse_datetime
+
+from .models import OrderStatus
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_CLIENT_ORDER_ID = "client_order_id must be unique"
+
+
+class BrokerError(Exception):
+    """The broker refused, failed or could not be reached. Never carries credentials."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None, body: dict | None = None):
+        self.status = status
+        self.code = code
+        self.body = body or {}
+        super().__init__(message)
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """True when the request may have been carried out (timeout, 5xx after sending)."""
+        return self.status is None or self.status >= 500
+
+
+class BrokerDataError(BrokerError):
+    """The broker answered with something that can't be read as what was asked for."""
+
+
+# --- What the broker says, as plain values ------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerOrder:
+    id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: Decimal
+    type: str
+    order_class: str
+    time_in_force: str
+    status: str
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    filled_qty: Decimal
+    filled_avg_price: Decimal | None
+    submitted_at: datetime | None
+    filled_at: datetime | None
+    updated_at: datetime | None
+    legs: tuple["BrokerOrder", ...] = ()
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_final(self) -> bool:
+        from .models import FINAL_ORDER_STATUSES
+
+        return self.status in FINAL_ORDER_STATUSES
+
+
+@dataclass(frozen=True)
+class BrokerPosition:
+    symbol: str
+    side: str  # long / short
+    qty: Decimal  # absolute
+    qty_available: Decimal
+    avg_entry_price: Decimal
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Quote:
+    symbol: str
+    bid: Decimal | None
+    ask: Decimal | None
+    time: datetime | None
+
+    @property
+    def crossed(self) -> bool:
+        return self.bid is not None and self.ask is not None and self.bid > self.ask
+
+    @property
+    def price(self) -> Decimal | None:
+        """Bid/ask midpoint; one side alone when the other is missing."""
+        if self.bid is not None and self.ask is not None:
+            return (self.bid + self.ask) / 2
+        return self.bid if self.bid is not None else self.ask
+
+
+@dataclass(frozen=True)
+class Clock:
+    is_open: bool
+    timestamp: datetime | None
+    next_open: datetime | None
+    next_close: datetime | None
+
+
+# --- Clients ------------------------------------------------------------------------
+
+
+class _TimeoutSession(requests.Session):
+    def __init__(self, timeout: float):
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, method, url, **kwargs):
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(method, url, **kwargs)
+
+
+def _credentials() -> tuple[str, str]:
+    # The paper exchange ignores the values; alpaca-py insists on having some.
+    return (settings.ALPACA_API_KEY or "paper-exchange", settings.ALPACA_SECRET_KEY or "paper-exchange")
+
+
+@cache
+def _clients(trading_url: str, data_url: str, paper: bool, key: str, secret: str, timeout: Decimal):
+    trading = TradingClient(key, secret, paper=paper, raw_data=True, url_override=trading_url or None)
+    data = StockHistoricalDataClient(key, secret, raw_data=True, url_override=data_url or None)
+    for client in (trading, data):
+        client._session = _TimeoutSession(float(timeout))  # alpaca-py sets no timeout
+        client._retry = settings.BROKER_RETRY_ATTEMPTS
+        client._retry_wait = settings.BROKER_RETRY_WAIT_SECONDS
+    return trading, data
+
+
+def _trading() -> TradingClient:
+    return _clients(
+        settings.ALPACA_TRADING_URL, settings.ALPACA_DATA_URL, settings.ALPACA_PAPER, *_credentials(),
+        settings.BROKER_TIMEOUT_SECONDS,
+    )[0]
+
+
+def _data() -> StockHistoricalDataClient:
+    return _clients(
+        settings.ALPACA_TRADING_URL, settings.ALPACA_DATA_URL, settings.ALPACA_PAPER, *_credentials(),
+        settings.BROKER_TIMEOUT_SECONDS,
+    )[1]
+
+
+def describe() -> str:
+    """Which broker and mode are in use, for the log and the admin header. No secrets."""
+    if not (settings.ALPACA_API_KEY and settings.ALPACA_SECRET_KEY):
+        return f"paper exchange (simulated) at {settings.ALPACA_TRADING_URL}"
+    mode = "PAPER" if settings.ALPACA_PAPER else "LIVE"
+    where = f" via {settings.ALPACA_TRADING_URL}" if settings.ALPACA_TRADING_URL else ""
+    return f"Alpaca {mode} trading{where}"
+
+
+def _call(what: str, fn, *args):
+    """Run one alpaca-py call, turning every failure into a BrokerError with a readable message."""
+    try:
+        return fn(*args)
+    except APIError as exc:
+        raise _api_error(what, exc) from None
+    except requests.exceptions.JSONDecodeError:
+        raise BrokerDataError(f"{what}: broker answered with a body that is not JSON") from None
+    except requests.Timeout:
+        raise BrokerError(f"{what}: broker did not answer within {settings.BROKER_TIMEOUT_SECONDS}s") from None
+    except requests.RequestException as exc:
+        raise BrokerError(f"{what}: broker unreachable ({type(exc).__name__})") from None
+    except (ValueError, KeyError, TypeError) as exc:  # alpaca-py choking on a malformed body
+        raise BrokerDataError(f"{what}: unreadable broker response ({exc})") from None
+
+
+def _api_error(what: str, exc: APIError) -> BrokerError:
+    status = exc.status_code
+    text = str(exc)
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        message = str(body.get("message", text))[:500]
+        code = body.get("code") if isinstance(body.get("code"), int) else None
+        return BrokerError(f"{what}: {message} (HTTP {status})", status=status, code=code, body=body)
+    snippet = " ".join(text.split())[:200]
+    return BrokerError(f"{what}: HTTP {status} with a non-JSON body: {snippet!r}", status=status)
+
+
+# --- Parsing ------------------------------------------------------------------------
+
+
+def _dec(value, name: str, *, required: bool = False) -> Decimal | None:
+    if value is None or value == "":
+        if required:
+            raise BrokerDataError(f"broker response lacks {name}")
+        return None
+    if isinstance(value, (dict, list, bool)):
+        raise BrokerDataError(f"broker response has {name}={value!r}, not a number")
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise BrokerDataError(f"broker response has {name}={value!r}, not a number") from None
+    if not result.is_finite():
+        raise BrokerDataError(f"broker response has {name}={value!r}, not a finite number")
+    return result
+
+
+def _dt(value) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    parsed = parse_datetime(value.replace("Z", "+00:00"))
+    if parsed is None or parsed.tzinfo is None:
+        return None
+    return parsed
+
+
+def _text(raw: dict, name: str, *, required: bool = True) -> str:
+    value = raw.get(name)
+    if isinstance(value, str) and value:
+        return value
+    if required:
+        raise BrokerDataError(f"broker order lacks {name}")
+    return ""
+
+
+_KNOWN_STATUSES = set(OrderStatus.values)
+
+
+def parse_order(raw) -> BrokerOrder:
+    if not isinstance(raw, dict):
+        raise BrokerDataError(f"broker order is a {type(raw).__name__}, not an object")
+    status = raw.get("status")
+    legs = raw.get("legs") or []
+    if not isinstance(legs, list):
+        raise BrokerDataError("broker order has legs that are not a list")
+    return BrokerOrder(
+        id=_text(raw, "id"),
+        client_order_id=_text(raw, "client_order_id"),
+        symbol=_text(raw, "symbol"),
+        side=_text(raw, "side"),
+        qty=_dec(raw.get("qty"), "qty") or Decimal("0"),
+        type=_text(raw, "type", required=False) or _text(raw, "order_type", required=False),
+        order_class=raw.get("order_class") or "simple",
+        time_in_force=_text(raw, "time_in_force", required=False),
+        status=status if status in _KNOWN_STATUSES else OrderStatus.UNKNOWN,
+        limit_price=_dec(raw.get("limit_price"), "limit_price"),
+        stop_price=_dec(raw.get("stop_price"), "stop_price"),
+        filled_qty=_dec(raw.get("filled_qty"), "filled_qty") or Decimal("0"),
+        filled_avg_price=_dec(raw.get("filled_avg_price"), "filled_avg_price"),
+        submitted_at=_dt(raw.get("submitted_at")),
+        filled_at=_dt(raw.get("filled_at")),
+        updated_at=_dt(raw.get("updated_at")),
+        legs=tuple(parse_order(leg) for leg in legs),
+        raw=raw,
+    )
+
+
+def _parse_position(raw) -> BrokerPosition:
+    if not isinstance(raw, dict):
+        raise BrokerDataError("broker position is not an object")
+    qty = _dec(raw.get("qty"), "qty", required=True)
+    side = raw.get("side") or ("short" if qty < 0 else "long")
+    if side not in ("long", "short"):
+        raise BrokerDataError(f"broker position has side {side!r}")
+    available = _dec(raw.get("qty_available"), "qty_available")
+    return BrokerPosition(
+        symbol=_text(raw, "symbol"),
+        side=side,
+        qty=abs(qty),
+        qty_available=abs(available) if available is not None else abs(qty),
+        avg_entry_price=_dec(raw.get("avg_entry_price"), "avg_entry_price", required=True),
+        raw=raw,
+    )
+
+
+def _parse_quote(symbol: str, raw) -> Quote:
+    if not isinstance(raw, dict):
+        raise BrokerDataError(f"quote for {symbol} is not an object")
+
+    def side(name: str) -> Decimal | None:
+        value = _dec(raw.get(name), f"{symbol} {name}")
+        return value if value is not None and value > 0 else None  # 0 means "none"
+
+    return Quote(symbol=symbol, bid=side("bp"), ask=side("ap"), time=_dt(raw.get("t")))
+
+
+# --- Orders ---------------------------------------------------------------------------
+
+
+def _tif(value: str) -> TimeInForce:
+    return TimeInForce(value)
+
+
+def _side(value: str) -> OrderSide:
+    return OrderSide(value)
+
+
+def _submit(request, client_order_id: str) -> BrokerOrder:
+    """POST one order. A duplicate id or an unknown outcome is settled by looking the id up."""
+    try:
+        raw = _call("submit order", _trading().submit_order, request)
+    except BrokerError as exc:
+        duplicate = exc.status == 422 and DUPLICATE_CLIENT_ORDER_ID in str(exc)
+        if not (duplicate or exc.outcome_unknown):
+            raise
+        existing = find_order_by_client_id(client_order_id)
+        if existing is None:
+            raise
+        log.warning("order %s already at the broker (%s); not sending again", client_order_id, exc)
+        return existing
+    return parse_order(raw)
+
+
+def submit_bracket(
+    *,
+    symbol: str,
+    qty: Decimal,
+    side: str,
+    stop_loss: Decimal,
+    take_profit: Decimal,
+    entry_price: Decimal | None,
+    time_in_force: str,
+    client_order_id: str,
+) -> BrokerOrder:
+    """Send entry + stop + target as ONE order with order_class=bracket. Prices already rounded."""
+    common = dict(
+        symbol=symbol,
+        qty=qty,
+        side=_side(side),
+        time_in_force=_tif(time_in_force),
+        order_class=OrderClass.BRACKET,
+        stop_loss=StopLossRequest(stop_price=stop_loss),
+        take_profit=TakeProfitRequest(limit_price=take_profit),
+        client_order_id=client_order_id,
+    )
+    if entry_price is None:
+        request = MarketOrderRequest(**common)
+    else:
+        request = LimitOrderRequest(limit_price=entry_price, **common)
+    return _submit(request, client_order_id)
+
+
+def submit_oco_exit(
+    *, symbol: str, qty: Decimal, side: str, stop_loss: Decimal, take_profit: Decimal, time_in_force: str,
+    client_order_id: str,
+) -> BrokerOrder:
+    """Protect a position already held: a take-profit limit with a stop, one cancelling the other."""
+    request = LimitOrderRequest(
+        symbol=symbol,
+        qty=qty,
+        side=_side(side),
+        time_in_force=_tif(time_in_force),
+        order_class=OrderClass.OCO,
+        limit_price=take_profit,
+        stop_loss=StopLossRequest(stop_price=stop_loss),
+        take_profit=TakeProfitRequest(limit_price=take_profit),
+        client_order_id=client_order_id,
+    )
+    return _submit(request, client_order_id)
+
+
+def submit_market(*, symbol: str, qty: Decimal, side: str, client_order_id: str) -> BrokerOrder:
+    """A plain market order (exits). Day orders: Alpaca takes fractional market orders only as day."""
+    request = MarketOrderRequest(
+        symbol=symbol, qty=qty, side=_side(side), time_in_force=TimeInForce.DAY, client_order_id=client_order_id
+    )
+    return _submit(request, client_order_id)
+
+
+def get_order(order_id: str) -> BrokerOrder:
+    raw = _call("get order", _trading().get_order_by_id, order_id, GetOrderByIdRequest(nested=True))
+    return parse_order(raw)
+
+
+def find_order_by_client_id(client_order_id: str) -> BrokerOrder | None:
+    try:
+        raw = _call("find order", _trading().get_order_by_client_id, client_order_id)
+    except BrokerError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return parse_order(raw)
+
+
+def list_orders(*, status: str = "open", symbols: Iterable[str] | None = None, limit: int = 500) -> list[BrokerOrder]:
+    """Orders with their legs nested. An order that can't be read is logged and left out,
+    so one odd order can't hide the others."""
+    request = GetOrdersRequest(
+        status=QueryOrderStatus(status), limit=limit, nested=True, symbols=list(symbols) if symbols else None
+    )
+    raws = _call("list orders", _trading().get_orders, request)
+    if not isinstance(raws, list):
+        raise BrokerDataError("list orders: broker answered with something other than a list")
+    orders = []
+    for raw in raws:
+        try:
+            orders.append(parse_order(raw))
+        except BrokerDataError as exc:
+            log.error("broker order skipped: %s", exc)
+    return orders
+
+
+def cancel_order(order_id: str) -> bool:
+    """Cancel one order. False when it was already final (filled, cancelled...)."""
+    try:
+        _call("cancel order", _trading().cancel_order_by_id, order_id)
+    except BrokerError as exc:
+        if exc.status in (404, 422):
+            return False
+        raise
+    return True
+
+
+def cancel_all_orders() -> int:
+    result = _call("cancel all orders", _trading().cancel_orders)
+    return len(result) if isinstance(result, list) else 0
+
+
+# --- Positions, prices, clock ------------------------------------------------------------
+
+
+def list_positions() -> list[BrokerPosition]:
+    raws = _call("list positions", _trading().get_all_positions)
+    if not isinstance(raws, list):
+        raise BrokerDataError("list positions: broker answered with something other than a list")
+    return [_parse_position(raw) for raw in raws]
+
+
+def get_position(symbol: str) -> BrokerPosition | None:
+    """The broker's position in `symbol`, or None when it holds none (flat)."""
+    try:
+        raw = _call("get position", _trading().get_open_position, symbol)
+    except BrokerError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return _parse_position(raw)
+
+
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def latest_quotes(symbols: Iterable[str]) -> dict[str, Quote]:
+    """Latest quotes, one request per batch of symbols. Symbols without a quote are absent."""
+    wanted = sorted(set(symbols))
+    quotes: dict[str, Quote] = {}
+    for batch in _batches(wanted, settings.BROKER_QUOTE_BATCH_SIZE):
+        request = StockLatestQuoteRequest(symbol_or_symbols=batch, feed=DataFeed(settings.ALPACA_DATA_FEED))
+        raws = _call("latest quotes", _data().get_stock_latest_quote, request)
+        if not isinstance(raws, dict):
+            raise BrokerDataError("latest quotes: broker answered with something other than an object")
+        for symbol, raw in raws.items():
+            try:
+                quotes[symbol] = _parse_quote(symbol, raw)
+            except BrokerDataError as exc:
+                log.error("quote skipped: %s", exc)
+    return quotes
+
+
+def latest_price(symbol: str) -> Decimal | None:
+    quote = latest_quotes([symbol]).get(symbol)
+    return quote.price if quote and not quote.crossed else None
+
+
+def clock() -> Clock:
+    raw = _call("clock", _trading().get_clock)
+    if not isinstance(raw, dict) or not isinstance(raw.get("is_open"), bool):
+        raise BrokerDataError("clock: broker answer lacks is_open")
+    return Clock(
+        is_open=raw["is_open"],
+        timestamp=_dt(raw.get("timestamp")),
+        next_open=_dt(raw.get("next_open")),
+        next_close=_dt(raw.get("next_close")),
+    )
