@@ -8,7 +8,11 @@ before tests/conftest.py imports it).
 import ast
 import io
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 import time
 from decimal import Decimal
 
@@ -306,12 +310,14 @@ def test_partial_fill_of_entry_keeps_legs_held(ex, tc):
 
 
 def test_oco_exit_for_existing_position(ex, raw):
-    ex.control.set_position("AAPL", 10, "100")
-    ex.control.set_quote("AAPL", "104.99", "105.01")
-    order = raw.submit_order(LimitOrderRequest(
+    oco = LimitOrderRequest(
         symbol="AAPL", qty=10, side=OrderSide.SELL, time_in_force=TimeInForce.GTC, limit_price=110.0,
         order_class=OrderClass.OCO, take_profit=TakeProfitRequest(limit_price=110.0),
-        stop_loss=StopLossRequest(stop_price=95.0)))
+        stop_loss=StopLossRequest(stop_price=95.0))
+    assert _api_error(raw.submit_order, oco).status_code == 422  # nothing to exit
+    ex.control.set_position("AAPL", 10, "100")
+    ex.control.set_quote("AAPL", "104.99", "105.01")
+    order = raw.submit_order(oco)
     assert (order["order_class"], order["type"], order["status"]) == ("oco", "limit", "new")
     (stop,) = order["legs"]
     assert (stop["type"], stop["side"], stop["status"], stop["stop_price"]) == ("stop", "sell", "held", "95.00")
@@ -586,3 +592,28 @@ def test_exchange_modules_never_import_alpaca_or_django():
                 continue
             for mod in mods:
                 assert not mod.startswith(("alpaca", "django")), (name, mod)
+
+
+def test_runpaperexchange_command_persists_and_stops_on_sigterm(tmp_path):
+    state_file = tmp_path / "var" / "paper.json"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings")}
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runpaperexchange", "--port", "0", "--state-file", str(state_file)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = ""
+        while "listening on" not in line:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+        url = line.split("listening on ")[1].split()[0]
+        from trading.paper_exchange.control import PaperExchangeControl
+
+        PaperExchangeControl(url).set_quote("AAPL", "1.00", "1.01")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert json.loads(state_file.read_text())["quotes"]["AAPL"]["ask"] == "1.01"

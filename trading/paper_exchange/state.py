@@ -596,14 +596,8 @@ class ExchangeState:
             if o["symbol"] != symbol or o["side"] != side or not self._is_live(o):
                 continue
             remaining = o["qty"] - o["filled_qty"]
-            key = o["id"]
-            if o.get("parent_id"):
-                key = o["parent_id"]
-                parent = self.orders[key]
-                if parent["order_class"] in ("bracket", "oto") and parent["side"] == side:
-                    key = o["id"]  # cannot happen for exits; be safe
-            elif o["order_class"] == "oco":
-                key = o["id"]
+            # bracket/oto legs group under their entry, an oco stop under its parent
+            key = o.get("parent_id") or o["id"]
             groups[key] = max(groups.get(key, ZERO), remaining)
         return sum(groups.values(), ZERO)
 
@@ -876,6 +870,10 @@ class ExchangeState:
             if order_class == "oto" and tp is None and sl is None:
                 raise _unprocessable("oto orders require take_profit or stop_loss")
             if order_class == "oco":
+                pos = self.positions.get(symbol)
+                exits = pos is not None and (pos["qty"] > 0) == (side == "sell")
+                if not exits:
+                    raise _unprocessable("oco orders must exit an existing position")
                 if otype != "limit":
                     raise _unprocessable("oco orders must be limit orders")
                 if limit_price is None:
