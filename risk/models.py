@@ -1,5 +1,6 @@
 """What the monitor saw and did: risk events, its heartbeat, its lease, and alerts."""
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 from trading.models import PRICE, Position
@@ -48,7 +49,7 @@ class RiskEvent(models.Model):
     quote_time = models.DateTimeField(null=True, blank=True)
     reason = models.CharField(max_length=255, blank=True)
     message = models.TextField(blank=True)
-    data = models.JSONField(default=dict, blank=True)
+    data = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
 
     objects = RiskEventQuerySet.as_manager()
 

@@ -65,9 +65,10 @@ def event_record(
     _log_line({"event": kind, "position": position.pk if position else None, "symbol": event.symbol,
                "price": price, "quote_time": quote_time, "reason": reason, "message": message})
     try:
-        event.save()
+        with transaction.atomic():  # a savepoint: a failed insert must not poison the caller's transaction
+            event.save()
     except DatabaseError as exc:
-        log.error("risk event not stored (%s): %s", type(exc).__name__, exc)
+        log.exception("risk event not stored (%s): %s", type(exc).__name__, exc)
         return None
     return event
 

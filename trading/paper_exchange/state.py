@@ -313,8 +313,8 @@ class ExchangeState:
             ask = parse_decimal(item.get("ask"), "ask")
             if bid < 0 or ask < 0:
                 raise _unprocessable("bid and ask must be >= 0", 40010001)
-            if bid > 0 and ask > 0 and bid > ask:
-                raise _unprocessable(f"bid {bid} is above ask {ask}", 40010001)
+            # A crossed quote (bid > ask) is accepted: real feeds produce them, and the
+            # monitor must be shown one to prove it refuses to act on it.
             ts = item.get("time")
             if ts:
                 try:
