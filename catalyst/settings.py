@@ -216,7 +216,6 @@ BROKER_RETRY_ATTEMPTS = envint("BROKER_RETRY_ATTEMPTS", 2)
 BROKER_RETRY_WAIT_SECONDS = envint("BROKER_RETRY_WAIT_SECONDS", 1, minimum=1)
 BROKER_QUOTE_BATCH_SIZE = envint("BROKER_QUOTE_BATCH_SIZE", 200, minimum=1)
 BRACKET_TIME_IN_FORCE = envchoice("BRACKET_TIME_IN_FORCE", "gtc", ("gtc", "day"))
-BRACKET_LEG_CHECK_SECONDS = envdecimal("BRACKET_LEG_CHECK_SECONDS", "2")
 TEST_ORDER_MAX_QTY = envdecimal("TEST_ORDER_MAX_QTY", "1", minimum="0.000000001")
 
 # --- Fallback monitor ------------------------------------------------------------

@@ -316,6 +316,7 @@ class ExchangeState:
             # A crossed quote (bid > ask) is accepted: real feeds produce them, and the
             # monitor must be shown one to prove it refuses to act on it.
             ts = item.get("time")
+            live = not ts  # no time given: a live quote, re-stamped "now" whenever read
             if ts:
                 try:
                     ts = format_ts(parse_ts(str(ts)))
@@ -326,7 +327,7 @@ class ExchangeState:
             size = lambda k: parse_decimal(item.get(k, 100), k)  # noqa: E731
             parsed.append({
                 "symbol": symbol.strip().upper(), "bid": bid, "ask": ask,
-                "bid_size": size("bid_size"), "ask_size": size("ask_size"), "time": ts,
+                "bid_size": size("bid_size"), "ask_size": size("ask_size"), "time": ts, "live": live,
             })
         with self.lock:
             for q in parsed:
@@ -568,7 +569,7 @@ class ExchangeState:
         return {
             "ap": float(q["ask"]), "as": float(q["ask_size"]), "ax": "V",
             "bp": float(q["bid"]), "bs": float(q["bid_size"]), "bx": "V",
-            "c": ["R"], "t": q["time"], "z": "C",
+            "c": ["R"], "t": now_ts() if q.get("live") else q["time"], "z": "C",
         }
 
     def latest_quotes(self, symbols) -> dict:

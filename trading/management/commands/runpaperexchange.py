@@ -5,6 +5,15 @@ from django.core.management.base import BaseCommand, CommandError
 from trading.paper_exchange.server import serve
 
 
+DEMO_QUOTES = [
+    ("AAPL", "189.98", "190.02"),
+    ("MSFT", "414.95", "415.05"),
+    ("NVDA", "131.97", "132.03"),
+    ("SPY", "583.99", "584.01"),
+    ("TSLA", "251.90", "252.10"),
+]
+
+
 class Command(BaseCommand):
     help = "Run the Alpaca-compatible paper exchange (trading + market data API) until SIGINT/SIGTERM."
 
@@ -14,9 +23,13 @@ class Command(BaseCommand):
         parser.add_argument("--state-file", default="var/paper_exchange.json",
                             help="JSON file the state is persisted to (loaded at start if present)")
         parser.add_argument("--verbose-http", action="store_true", help="log every HTTP request")
+        parser.add_argument("--demo-quotes", action="store_true",
+                            help="start with a few quotes (AAPL, MSFT, NVDA, SPY, TSLA) when the exchange has none")
 
     def handle(self, *args, **options):
         def ready(server):
+            if options["demo_quotes"] and not server.state.snapshot().get("quotes"):
+                server.state.set_quotes([{"symbol": symbol, "bid": bid, "ask": ask} for symbol, bid, ask in DEMO_QUOTES])
             self.stdout.write(
                 f"Paper exchange listening on {server.url} (state file: {options['state_file']}); "
                 "Ctrl-C to stop."
