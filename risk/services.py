@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -483,6 +483,8 @@ def lease_release(*, name: str, holder: str) -> None:
 def monitor_tick(*, holder: str, keep_lease: bool = False) -> CycleResult | None:
     """Run one cycle if this holder gets the monitor lease; None when another holds it."""
     span = max(settings.MONITOR_LEASE_SECONDS, 2 * settings.MONITOR_INTERVAL_SECONDS)
+    if not connection.in_atomic_block:
+        close_old_connections()  # a connection broken in the last cycle is replaced, not reused
     try:
         if not lease_acquire(name=MONITOR, holder=holder, seconds=span):
             return None

@@ -336,7 +336,14 @@ def _submit(request, client_order_id: str) -> BrokerOrder:
             raise
         log.warning("order %s already at the broker (%s); not sending again", client_order_id, exc)
         return existing
-    return parse_order(raw)
+    try:
+        return parse_order(raw)
+    except BrokerDataError as exc:  # accepted, but the answer can't be read: ask again by id
+        log.error("unreadable answer to order %s (%s); looking it up", client_order_id, exc)
+        existing = find_order_by_client_id(client_order_id)
+        if existing is None:
+            raise
+        return existing
 
 
 def submit_bracket(

@@ -25,7 +25,14 @@ from .models import (
     TradingMode,
     TradingStateChange,
 )
-from .validation import BracketSpec, OrderValidationError, normalize_symbol, position_side, validate_bracket
+from .validation import (
+    BracketSpec,
+    OrderValidationError,
+    normalize_symbol,
+    position_side,
+    round_price,
+    validate_bracket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,34 +233,40 @@ def submit_bracket_order(
         entry.save(update_fields=["status", "error", "synced_at"])
         raise
     order_apply(order=entry, remote=remote)
+    # Recorded as soon as the broker has it, so a failure below can't leave it unguarded:
+    # the monitor watches an open position's stop whether or not its legs are confirmed.
+    position = _position_open(entry=entry, spec=spec, reference=reference, is_test=is_test)
 
-    remote = broker.get_order(remote.id)  # what the broker really holds, legs and all
+    try:
+        remote = broker.get_order(remote.id)  # what the broker really holds, legs and all
+    except BrokerError as exc:
+        entry.error = f"legs not verified, position #{position.pk} left open for the monitor to guard: {exc}"
+        entry.save(update_fields=["error", "synced_at"])
+        raise
+    order_apply(order=entry, remote=remote)
     problem = _leg_problem(remote, spec)
-    if problem is None:
-        position = _position_open(entry=entry, spec=spec, reference=reference, is_test=is_test)
-        order_apply(order=entry, remote=remote)
-        log.info(
-            "ORDER CONFIRMED [BRACKET] %s %s %s stop=%s target=%s entry=%s",
-            spec.side, spec.quantity, spec.symbol, spec.stop_loss, spec.take_profit, remote.id,
-        )
-        return position
-    _bracket_failed(entry=entry, remote=remote, spec=spec, reference=reference, problem=problem, is_test=is_test)
+    if problem is not None:
+        _bracket_failed(entry=entry, position=position, remote=remote, spec=spec, problem=problem)
+    Position.objects.filter(pk=position.pk).update(protection=Protection.PROTECTED, protection_checked_at=timezone.now())
+    position.refresh_from_db()
+    log.info(
+        "ORDER CONFIRMED [BRACKET] %s %s %s stop=%s target=%s entry=%s",
+        spec.side, spec.quantity, spec.symbol, spec.stop_loss, spec.take_profit, remote.id,
+    )
+    return position
 
 
-def _position_open(*, entry: Order, spec: BracketSpec, reference: Decimal | None, is_test: bool,
-                   protection: str = Protection.PROTECTED, quantity: Decimal | None = None) -> Position:
+def _position_open(*, entry: Order, spec: BracketSpec, reference: Decimal | None, is_test: bool) -> Position:
     position = Position.objects.create(
         symbol=spec.symbol,
         side=position_side(spec.side),
-        quantity=quantity if quantity is not None else spec.quantity,
-        entry_price=entry.filled_avg_price or spec.entry_price or reference,
+        quantity=spec.quantity,
+        entry_price=entry.filled_avg_price or spec.entry_price or round_price(reference),
         stop_loss=spec.stop_loss,
         take_profit=spec.take_profit,
         status=PositionStatus.OPEN,
         opened_at=timezone.now(),
         entry_order=entry,
-        protection=protection,
-        protection_checked_at=timezone.now(),
         is_test=is_test,
     )
     entry.position = position
@@ -262,22 +275,24 @@ def _position_open(*, entry: Order, spec: BracketSpec, reference: Decimal | None
     return position
 
 
-def _bracket_failed(*, entry, remote, spec, reference, problem, is_test) -> None:
+def _bracket_failed(*, entry: Order, position: Position, remote: BrokerOrder, spec: BracketSpec, problem: str) -> None:
     from risk.services import alert_raise, event_record  # risk builds on trading, not the reverse
 
     cancelled = broker.cancel_order(remote.id)
     order_apply(order=entry, remote=broker.get_order(remote.id))
-    position = None
     if entry.filled_qty > 0:
-        position = _position_open(
-            entry=entry, spec=spec, reference=reference, is_test=is_test,
-            protection=Protection.UNPROTECTED, quantity=entry.filled_qty,
+        Position.objects.filter(pk=position.pk).update(
+            quantity=entry.filled_qty, protection=Protection.UNPROTECTED, protection_checked_at=timezone.now()
         )
-        outcome = f"entry had filled {entry.filled_qty}: position #{position.pk} is open and UNPROTECTED, the monitor guards its stop and target"
-    elif cancelled:
-        outcome = "entry cancelled"
+        position.refresh_from_db()
+        outcome = (f"entry had filled {entry.filled_qty}: position #{position.pk} is open and UNPROTECTED, "
+                   "the monitor guards its stop and target")
     else:
-        outcome = f"entry could not be cancelled (status {entry.status})"
+        # Never filled, so never held: the orders keep the record, the position goes.
+        position.orders.update(position=None)
+        Position.objects.filter(pk=position.pk).delete()
+        position = None
+        outcome = "entry cancelled" if cancelled else f"entry could not be cancelled (status {entry.status})"
     message = f"BRACKET NOT PROTECTED {spec.side} {spec.quantity} {spec.symbol}: {problem}; {outcome}"
     entry.error = message
     entry.save(update_fields=["error", "synced_at"])

@@ -180,6 +180,8 @@ class PaperExchangeHandler(BaseHTTPRequestHandler):
             status, payload = e.status, e.payload
         if status < 300 and payload is not None:
             _transform_orders_if_orders(path, payload, fired)
+        if "accept_then_hang" in fired:  # carried out, then the answer never comes in time
+            time.sleep(float(fired["accept_then_hang"].get("delay") or 30))
         if "accept_then_504" in fired:
             raise _Reply(504, {"code": 50400000, "message": "gateway timeout (paper exchange fault)"})
         self._send(status, payload)

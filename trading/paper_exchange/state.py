@@ -43,6 +43,7 @@ FAULT_KINDS = (
     "http_500",
     "http_429",
     "accept_then_504",
+    "accept_then_hang",
     "hang",
     "non_json_error",
     "drop_legs",
@@ -54,7 +55,7 @@ FAULT_KINDS = (
 )
 # Faults that act on any /v2 request matching the fault's method/path filter.
 _TRANSPORT_FAULTS = frozenset(
-    {"http_500", "http_429", "accept_then_504", "hang", "non_json_error"}
+    {"http_500", "http_429", "accept_then_504", "accept_then_hang", "hang", "non_json_error"}
 )
 
 # Decimal-valued order fields (persisted as strings).

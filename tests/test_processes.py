@@ -1,0 +1,97 @@
+"""The real processes: settings refusal, deploy checks, and clean stops on SIGTERM."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = [sys.executable, str(ROOT / "manage.py")]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ALPACA_", "DATABASE_URL"))}
+    env.update(DJANGO_SETTINGS_MODULE="catalyst.settings", **extra)
+    return env
+
+
+def _run(*args, env, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([*MANAGE, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_refuses_to_start_without_a_secret_key_when_debug_is_off():
+    result = _run("check", env=_env())
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_a_bad_setting_is_named():
+    result = _run("check", env=_env(DJANGO_DEBUG="true", MONITOR_INTERVAL_SECONDS="soon"))
+    assert result.returncode != 0
+    assert "MONITOR_INTERVAL_SECONDS must be an integer, got 'soon'" in result.stderr
+
+
+def test_deploy_check_is_clean_with_production_settings():
+    env = _env(DJANGO_SECRET_KEY="k" * 20 + "-production-like-secret-key-0123456789-abcdefghij",
+               DJANGO_ALLOWED_HOSTS="ops.example.com")
+    result = _run("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_migrations_are_checked_in():
+    result = _run("makemigrations", "--check", "--dry-run", env=_env(DJANGO_DEBUG="true"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def sqlite_env(tmp_path, paper_exchange):
+    env = _env(DJANGO_DEBUG="true", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+               PAPER_EXCHANGE_URL=paper_exchange.url)
+    migrate = _run("migrate", "--noinput", env=env, timeout=120)
+    assert migrate.returncode == 0, migrate.stderr
+    return env
+
+
+def _start(args, env) -> subprocess.Popen:
+    return subprocess.Popen([*MANAGE, *args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, text: str, timeout: float) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    proc.kill()
+    pytest.fail(f"{text!r} not seen in time; output:\n{''.join(lines)}")
+
+
+def test_runmonitor_stops_after_the_current_cycle_on_sigterm(sqlite_env, tmp_path):
+    proc = _start(["runmonitor", "--interval", "1"], sqlite_env)
+    _wait_for(proc, "cycle checked=", 60)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a process manager would: the whole group
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "monitor stopped" in out
+    # SQLite is shared by several processes: it runs in WAL mode
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_runworker_stops_qcluster_cleanly_on_a_group_sigterm(sqlite_env):
+    proc = _start(["runworker"], sqlite_env)
+    _wait_for(proc, "running.", 60)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=45)
+    assert "has stopped" in out, out
+    assert proc.returncode == 0, out
