@@ -495,4 +495,7 @@ def monitor_tick(*, holder: str, keep_lease: bool = False) -> CycleResult | None
         return monitor_cycle(owner=holder)
     finally:
         if not keep_lease:
-            lease_release(name=MONITOR, holder=holder)
+            try:
+                lease_release(name=MONITOR, holder=holder)
+            except DatabaseError as exc:  # it expires on its own
+                log.error("monitor lease not released (%s): %s", type(exc).__name__, exc)

@@ -12,3 +12,11 @@ BROKER_TIMEOUT_SECONDS = Decimal("3")  # noqa: F405
 BROKER_RETRY_WAIT_SECONDS = 0
 MONITOR_EXIT_FILL_WAIT_SECONDS = Decimal("1")  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# One test database per run, so runs side by side do not trample each other; on SQLite a
+# file, not memory, so the tests' subprocesses (runmonitor killed and restarted) share it.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    (BASE_DIR / "var").mkdir(exist_ok=True)  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test_catalyst_{os.getpid()}.sqlite3")}  # noqa: F405
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_catalyst_{os.getpid()}"}  # noqa: F405
