@@ -20,3 +20,5 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test_catalyst_{os.getpid()}.sqlite3")}  # noqa: F405
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_catalyst_{os.getpid()}"}  # noqa: F405
+
+AXES_ENABLED = False  # the login-throttling test switches it on
