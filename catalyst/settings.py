@@ -251,7 +251,20 @@ ALERT_WEBHOOK_URL = envstr("ALERT_WEBHOOK_URL")
 ALERT_WEBHOOK_TIMEOUT_SECONDS = envdecimal("ALERT_WEBHOOK_TIMEOUT_SECONDS", "3", minimum="0.1")
 ALERT_WEBHOOK_RETRIES = envint("ALERT_WEBHOOK_RETRIES", 2)
 ALERT_EMAIL_TO = envlist("ALERT_EMAIL_TO")
-MAILERS = {"default": {"BACKEND": envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")}}
+_EMAIL_BACKEND = envstr(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend",
+)
+MAILERS = {"default": {"BACKEND": _EMAIL_BACKEND, "OPTIONS": {}}}
+if _EMAIL_BACKEND.endswith("smtp.EmailBackend"):
+    MAILERS["default"]["OPTIONS"] = {
+        "host": envstr("EMAIL_HOST", "localhost"),
+        "port": envint("EMAIL_PORT", 25, minimum=1),
+        "username": envstr("EMAIL_HOST_USER"),
+        "password": envstr("EMAIL_HOST_PASSWORD"),
+        "use_tls": envbool("EMAIL_USE_TLS", False),
+        "timeout": envint("EMAIL_TIMEOUT_SECONDS", 10, minimum=1),
+    }
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "catalyst@localhost")
 
 # --- django-q2: the scheduled monitor ---------------------------------------------
