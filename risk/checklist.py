@@ -1,0 +1,160 @@
+"""The re-enable checklist: what must hold before trading resumes (to ACTIVE).
+
+Computed live on every call: the test bracket is checked at the broker, the rest from
+the database. Resuming while an item fails needs an explicit override with a reason,
+and the override is recorded on the state change.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from trading import broker
+from trading.broker import BrokerError
+from trading.models import OrderClass, OrderStatus, OrderType, Position, TradingMode, TradingStateChange
+from trading.selectors import latest_test_entry, open_positions_without_stop
+from trading.services import trading_state_set
+from trading.validation import OrderValidationError
+
+from .selectors import monitor_status
+
+TEST_BRACKET = "test_bracket"
+MONITOR_FRESH = "monitor_fresh"
+ALL_PROTECTED = "all_protected"
+NO_OLD_POSITIONS = "no_old_positions"
+
+
+@dataclass(frozen=True)
+class ChecklistItem:
+    key: str
+    label: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Checklist:
+    items: list[ChecklistItem] = field(default_factory=list)
+    checked_at: datetime | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(item.ok for item in self.items)
+
+    @property
+    def failing(self) -> list[ChecklistItem]:
+        return [item for item in self.items if not item.ok]
+
+
+def _check_test_bracket() -> ChecklistItem:
+    label = "The latest test bracket has both legs at the broker"
+    entry = latest_test_entry()
+    if entry is None:
+        return ChecklistItem(TEST_BRACKET, label, False, "no test bracket has been sent yet (POST /api/v1/orders/test)")
+    when = f"test bracket {entry.client_order_id} of {entry.created_at:%Y-%m-%d %H:%M:%S}"
+    if not entry.broker_order_id:
+        return ChecklistItem(TEST_BRACKET, label, False, f"{when} never reached the broker ({entry.status}: {entry.error})")
+    try:
+        remote = broker.get_order(entry.broker_order_id)
+    except BrokerError as exc:
+        return ChecklistItem(TEST_BRACKET, label, False, f"{when}: could not ask the broker ({exc})")
+    stops = [leg for leg in remote.legs if leg.type in (OrderType.STOP, OrderType.STOP_LIMIT)]
+    targets = [leg for leg in remote.legs if leg.type == OrderType.LIMIT]
+    bad = [leg for leg in remote.legs if leg.status in (OrderStatus.REJECTED, OrderStatus.SUBMIT_FAILED)]
+    if remote.order_class != OrderClass.BRACKET or len(remote.legs) != 2 or len(stops) != 1 or len(targets) != 1:
+        return ChecklistItem(
+            TEST_BRACKET, label, False,
+            f"{when}: the broker holds a {remote.order_class} order with {len(remote.legs)} legs, not a stop and a target",
+        )
+    if bad:
+        return ChecklistItem(TEST_BRACKET, label, False, f"{when}: leg {bad[0].id} was {bad[0].status}")
+    return ChecklistItem(
+        TEST_BRACKET, label, True,
+        f"{when}: stop {stops[0].stop_price} ({stops[0].status}), target {targets[0].limit_price} ({targets[0].status})",
+    )
+
+
+def _check_monitor(now: datetime) -> ChecklistItem:
+    status = monitor_status(now=now)
+    label = f"The monitor finished a cycle within {status.stale_after_seconds}s"
+    if status.heartbeat is None or status.age_seconds is None:
+        return ChecklistItem(MONITOR_FRESH, label, False, "the monitor has never finished a cycle")
+    detail = f"last cycle finished {status.age_seconds}s ago"
+    if status.heartbeat.errors:
+        detail += f", with {status.heartbeat.errors} errors ({status.heartbeat.last_error[:200]})"
+    return ChecklistItem(MONITOR_FRESH, label, not status.stale, detail)
+
+
+def _check_protection() -> ChecklistItem:
+    label = "Every open position has a live stop"
+    lacking = list(open_positions_without_stop().values_list("pk", "symbol")[:20])
+    if lacking:
+        names = ", ".join(f"#{pk} {symbol}" for pk, symbol in lacking)
+        return ChecklistItem(ALL_PROTECTED, label, False, f"without a live stop or marked unprotected: {names}")
+    return ChecklistItem(ALL_PROTECTED, label, True, f"{Position.objects.open().count()} open positions, all with a live stop")
+
+
+def _check_age(now: datetime) -> ChecklistItem:
+    hours = settings.CHECKLIST_MAX_POSITION_AGE_HOURS
+    label = f"No open position is older than {hours}h"
+    old = list(
+        Position.objects.open().filter(opened_at__lt=now - timedelta(hours=hours)).order_by("opened_at")
+        .values_list("pk", "symbol", "opened_at")[:20]
+    )
+    if old:
+        names = ", ".join(f"#{pk} {symbol} (opened {opened:%Y-%m-%d %H:%M})" for pk, symbol, opened in old)
+        return ChecklistItem(NO_OLD_POSITIONS, label, False, names)
+    return ChecklistItem(NO_OLD_POSITIONS, label, True, "none")
+
+
+def checklist_run(*, now: datetime | None = None) -> Checklist:
+    """Every item, computed now (asks the broker about the latest test bracket)."""
+    now = now or timezone.now()
+    items = [_check_test_bracket(), _check_monitor(now), _check_protection(), _check_age(now)]
+    return Checklist(items=items, checked_at=now)
+
+
+class ChecklistNotPassed(OrderValidationError):
+    """Resuming while checklist items fail, without an override. `errors` names the fields."""
+
+    def __init__(self, checklist: Checklist):
+        self.checklist = checklist
+        failing = "; ".join(f"{item.label}: {item.detail}" for item in checklist.failing)
+        super().__init__({"override": f"the re-enable checklist fails ({failing}); override with a reason to resume anyway"})
+
+
+def trading_mode_change(
+    *, mode: str, reason: str, user=None, override: bool = False, override_reason: str = "",
+    checklist: Checklist | None = None,
+) -> TradingStateChange:
+    """Change the trading state; resuming (to ACTIVE) runs the checklist first.
+
+    Raises OrderValidationError (bad mode, no reason, override without a reason) or
+    ChecklistNotPassed (resuming with failing items and no override). An override is
+    recorded (overrode_checklist=True) with its reason and the items that failed.
+    """
+    errors = {}
+    if mode not in TradingMode.values:
+        errors["mode"] = f"{mode!r} is not one of {', '.join(TradingMode.values)}"
+    if not reason or not reason.strip():
+        errors["reason"] = "a reason is required"
+    if errors:
+        raise OrderValidationError(errors)
+    reason = reason.strip()
+    overrode = False
+    if mode == TradingMode.ACTIVE:
+        checklist = checklist or checklist_run()
+        if not checklist.passed:
+            if not override:
+                raise ChecklistNotPassed(checklist)
+            why = (override_reason or "").strip() or reason
+            if not why:
+                raise OrderValidationError({"override_reason": "an override needs a reason"})
+            failing = ", ".join(item.key for item in checklist.failing)
+            reason = f"{reason} [checklist overridden ({failing}): {why}]" if why != reason else (
+                f"{reason} [checklist overridden ({failing})]"
+            )
+            overrode = True
+    return trading_state_set(mode=mode, reason=reason, user=user, overrode_checklist=overrode)

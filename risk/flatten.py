@@ -1,0 +1,184 @@
+"""Emergency flattening and manual closing, for the admin and the API.
+
+flatten: halt trading (unless already halted), cancel open orders, then close the
+positions through `positions_close`, the one safe close path. Doing it twice does nothing
+more: the claim (open -> closing) lets one caller close a position, a second gets
+"skipped".
+"""
+
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db.models import Prefetch
+
+from trading import broker
+from trading.broker import BrokerError, BrokerOrder
+from trading.models import CloseReason, Order, Position, PositionStatus, TradingMode, TradingStateChange
+from trading.services import trading_state, trading_state_set
+
+from .models import RiskEventKind
+from .services import CloseOutcome, event_record, positions_close
+
+log = logging.getLogger("risk.flatten")
+
+
+@dataclass(frozen=True)
+class PreviewOrder:
+    broker_order_id: str
+    symbol: str
+    side: str
+    qty: Decimal
+    type: str
+    role: str
+    status: str
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    position: Position
+    exit_side: str
+    quantity: Decimal
+    will_close: bool  # False: already closing or closed, it will be skipped
+    orders_to_cancel: list[Order]
+
+
+@dataclass
+class FlattenPreview:
+    rows: list[PreviewRow]
+    everything: bool
+    halt: bool  # trading will be set to HALTED
+    mode: str
+    broker_orders: list[PreviewOrder] = field(default_factory=list)  # "everything": what the broker holds open
+    broker_error: str = ""
+
+    @property
+    def to_close(self) -> list[PreviewRow]:
+        return [row for row in self.rows if row.will_close]
+
+
+def _positions_for(positions) -> list[Position]:
+    live = Prefetch("orders", queryset=Order.objects.live().exclude(broker_order_id=None).order_by("id"),
+                    to_attr="live_orders")
+    if positions is None:
+        queryset = Position.objects.active()
+    else:
+        ids = [p.pk if isinstance(p, Position) else int(p) for p in positions]
+        queryset = Position.objects.filter(pk__in=ids)
+    return list(queryset.prefetch_related(live).order_by("id"))
+
+
+def _roles(rows: list[PreviewRow]) -> dict[str, str]:
+    return {order.broker_order_id: order.role for row in rows for order in row.orders_to_cancel}
+
+
+def close_preview(*, positions) -> FlattenPreview:
+    """What closing these positions will do, nothing changed (manual close)."""
+    preview = flatten_preview(positions=positions)
+    preview.halt = False
+    return preview
+
+
+def flatten_preview(*, positions=None) -> FlattenPreview:
+    """What `flatten` would do, without doing it. positions=None: everything (all open and
+    closing positions, plus every open order at the broker)."""
+    rows = [
+        PreviewRow(
+            position=position,
+            exit_side=position.exit_side,
+            quantity=position.quantity,
+            will_close=position.status == PositionStatus.OPEN,
+            orders_to_cancel=list(position.live_orders) if position.status == PositionStatus.OPEN else [],
+        )
+        for position in _positions_for(positions)
+    ]
+    mode = trading_state().mode
+    preview = FlattenPreview(rows=rows, everything=positions is None, halt=mode != TradingMode.HALTED, mode=mode)
+    if preview.everything:
+        roles = _roles(rows)
+        try:
+            remote = _broker_open_orders()
+        except BrokerError as exc:
+            preview.broker_error = str(exc)
+        else:
+            preview.broker_orders = [
+                PreviewOrder(broker_order_id=o.id, symbol=o.symbol, side=o.side, qty=o.qty, type=o.type,
+                             role=roles.get(o.id, "order" if o.client_order_id.startswith("catalyst-") else "not ours"),
+                             status=o.status)
+                for o in remote
+            ]
+    return preview
+
+
+def _broker_open_orders() -> list[BrokerOrder]:
+    """Every order the broker may still act on, legs included. Asked twice: with nested
+    orders, the open legs of a bracket whose entry has filled come under a parent that is
+    no longer "open", so the recent orders of any status are read as well."""
+    found: dict[str, BrokerOrder] = {}
+    for status in ("open", "all"):
+        for top in broker.list_orders(status=status):
+            for order in (top, *top.legs):
+                if not order.is_final:
+                    found.setdefault(order.id, order)
+    return list(found.values())
+
+
+@dataclass
+class FlattenResult:
+    outcomes: list[CloseOutcome]
+    halted: TradingStateChange | None = None  # the state change made, None when already halted
+    cancelled_orders: int | None = None  # "everything": orders the broker cancelled
+    errors: list[str] = field(default_factory=list)
+
+
+def _who(user) -> str:
+    return getattr(user, "username", "") or "system"
+
+
+def flatten(*, user, positions=None) -> FlattenResult:
+    """EMERGENCY_STOP: halt, cancel open orders, close the positions (all open ones when
+    positions is None). Safe to repeat: a position already closing or closed is skipped."""
+    who = _who(user)
+    result = FlattenResult(outcomes=[])
+    if trading_state().mode != TradingMode.HALTED:
+        result.halted = trading_state_set(mode=TradingMode.HALTED, reason=f"emergency flatten by {who}", user=user)
+    if positions is None:
+        targets = list(Position.objects.active().order_by("id"))  # closing ones show as skipped
+        try:
+            result.cancelled_orders = broker.cancel_all_orders()
+        except BrokerError as exc:
+            # Each close still cancels its own position's legs before exiting.
+            result.errors.append(f"cancelling all orders failed: {exc}")
+            log.error("flatten: cancel all orders failed: %s", exc)
+    else:
+        targets = _positions_for(positions)
+    event_record(kind=RiskEventKind.TRADING_STATE, reason=CloseReason.EMERGENCY_STOP,
+                 message=f"emergency flatten by {who}: {len(targets)} positions"
+                         + ("" if positions is not None else f", {result.cancelled_orders} orders cancelled"),
+                 data={"positions": [p.pk for p in targets], "user": who, "everything": positions is None})
+    result.outcomes = positions_close(positions=targets, reason=CloseReason.EMERGENCY_STOP, owner=f"flatten-{who}"[:64])
+    return result
+
+
+def close_manually(*, user, positions) -> list[CloseOutcome]:
+    """MANUAL close of the chosen positions; the trading state is left as it is."""
+    targets = _positions_for(positions)
+    return positions_close(positions=targets, reason=CloseReason.MANUAL, owner=f"manual-{_who(user)}"[:64])
+
+
+def outcome_summary(outcome: CloseOutcome) -> str:
+    """One line for an operator: closed at price / exit pending / skipped: already closing."""
+    position = outcome.position
+    if outcome.state == "closed":
+        if position.exit_price is not None:
+            return f"closed at {position.exit_price} ({position.close_reason})"
+        return f"closed without a fill ({outcome.detail or position.review_note})"
+    if outcome.state == "skipped":
+        return f"skipped: {outcome.detail or 'already ' + position.status}"
+    if outcome.state == "exit_pending":
+        return f"exit pending ({outcome.detail})" if outcome.detail else "exit pending"
+    if outcome.state == "waiting":
+        return f"waiting: {outcome.detail}"
+    if outcome.state == "error":
+        return f"error: {outcome.detail}; the monitor will carry on closing it"
+    return f"{outcome.state}: {outcome.detail}"

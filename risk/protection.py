@@ -1,0 +1,393 @@
+"""Protection audit: every open position must have a live stop at the broker for all it holds.
+
+`protection_audit` reads the broker's open orders once (`list_orders(status="open")`) and,
+for each open position, looks for live stop orders on its exit side: its bracket's stop leg
+(any non-final status, once the entry has filled), the stop leg of an OCO, or a standalone
+stop for the symbol. Stops tied to a position by our Order rows count for that position;
+other stops for the symbol are shared out among the positions still short of cover.
+
+A position found UNPROTECTED gets a risk event and an alert, then the policy
+(settings.PROTECTION_POLICY, or the `policy` argument):
+- protect: what is left of its own exit orders is cancelled, then an OCO (exit side, the full
+  quantity held, gtc) goes out at its stop/target, or at PROTECTION_DEFAULT_*_PERCENT from
+  the entry when it has none (those then become its stop/target);
+- flatten: closed through `position_close(reason=EMERGENCY_STOP)`;
+- alert: recorded and alerted only.
+A position whose price (latest quote) has already crossed its stop is exited instead
+(STOP_LOSS_HIT; TAKE_PROFIT_HIT when it is the target that was crossed) under protect and
+flatten. Positions flagged needs_review (e.g. a reconciliation mismatch) are never traded:
+they are reported and alerted.
+
+`dry_run=True` writes nothing and sends nothing; each result says what would be done.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from trading import broker
+from trading.broker import BrokerError, BrokerOrder
+from trading.models import (
+    CloseReason,
+    Order,
+    OrderClass,
+    OrderRole,
+    OrderStatus,
+    OrderType,
+    Position,
+    PositionStatus,
+    Protection,
+    Side,
+)
+from trading.services import new_client_order_id, order_apply, order_refresh, orders_cancel
+from trading.validation import round_price
+
+from .models import Alert, AlertKind, RiskEventKind
+from .reconcile import STOP_TYPES, _Remote, holding, order_views, position_refresh
+from .services import alert_raise, event_record, position_close, quote_problem, trigger_reason
+
+log = logging.getLogger("risk.protection")
+
+POLICIES = ("protect", "flatten", "alert")
+LIST_LIMIT = 500
+OCO_TIME_IN_FORCE = "gtc"
+ALERT_REPEAT = timedelta(hours=1)  # the alert policy re-alerts a still-unprotected position at most hourly
+BRACKET_CLASSES = (OrderClass.BRACKET, OrderClass.OTO)
+DRY_RUN_VERBS = {"protected": "would protect", "flattened": "would flatten", "exited": "would exit",
+                 "alerted": "would alert"}
+
+
+class ProtectionPolicyError(ValueError):
+    """An unknown protection policy."""
+
+
+@dataclass
+class ProtectionResult:
+    position: Position
+    protection: str  # protected / unprotected / unknown (not judged: entry working, nothing held...)
+    action: str  # none / protected / flattened / exited / alerted / skipped / failed
+    detail: str = ""
+    dry_run: bool = False
+    order: Order | None = None
+    data: dict = field(default_factory=dict)
+    found: str = ""  # what the audit found (protected / unprotected / unknown) before acting
+
+    def __post_init__(self):
+        self.found = self.found or self.protection
+
+    def line(self) -> str:
+        p = self.position
+        if self.action == "none":
+            action = "nothing to do"
+        elif self.dry_run and self.action in DRY_RUN_VERBS:
+            action = DRY_RUN_VERBS[self.action]
+        else:
+            action = self.action
+        return (f"#{p.pk} {p.side} {p.quantity.normalize():f} {p.symbol}: {self.found}; {action}"
+                + (f" ({self.detail})" if self.detail else ""))
+
+
+# --- What covers what ----------------------------------------------------------------------
+
+
+@dataclass
+class _Stop:
+    id: str
+    parent_id: str | None
+    symbol: str
+    side: str
+    remaining: Decimal
+    stop_price: Decimal | None
+
+
+def _live_stops(orders: list[BrokerOrder]) -> list[_Stop]:
+    """Stop orders the broker will act on: standalone stops, OCO stop legs, and bracket/OTO
+    stop legs once their entry has filled (Alpaca shows those as `held`)."""
+    stops = []
+    for top in orders:
+        if top.type in STOP_TYPES and not top.is_final:
+            stops.append(_Stop(top.id, None, top.symbol, top.side, top.qty - top.filled_qty, top.stop_price))
+        for leg in top.legs:
+            if leg.type not in STOP_TYPES or leg.is_final:
+                continue
+            if top.order_class in BRACKET_CLASSES and top.status != OrderStatus.FILLED:
+                continue
+            stops.append(_Stop(leg.id, top.id, leg.symbol, leg.side, leg.qty - leg.filled_qty, leg.stop_price))
+    return stops
+
+
+def default_levels(position: Position) -> tuple[Decimal, Decimal]:
+    """Stop and target at PROTECTION_DEFAULT_STOP/TARGET_PERCENT from the entry, by side."""
+    stop_pct = Decimal(settings.PROTECTION_DEFAULT_STOP_PERCENT) / 100
+    target_pct = Decimal(settings.PROTECTION_DEFAULT_TARGET_PERCENT) / 100
+    entry = position.entry_price
+    if position.side == Side.LONG:
+        return round_price(entry * (1 - stop_pct)), round_price(entry * (1 + target_pct))
+    return round_price(entry * (1 + stop_pct)), round_price(entry * (1 - target_pct))
+
+
+def protection_levels(position: Position) -> tuple[Decimal, Decimal, bool]:
+    """(stop, target, defaults_used): the position's own, each missing one from the defaults."""
+    default_stop, default_target = default_levels(position)
+    stop = position.stop_loss if position.stop_loss is not None else default_stop
+    target = position.take_profit if position.take_profit is not None else default_target
+    return round_price(stop), round_price(target), position.stop_loss is None or position.take_profit is None
+
+
+# --- The audit -----------------------------------------------------------------------------------
+
+
+def _selected(positions) -> list[Position]:
+    if positions is None:
+        return list(Position.objects.open().order_by("symbol", "pk"))
+    ids = [p.pk if isinstance(p, Position) else int(p) for p in positions]
+    return list(Position.objects.filter(pk__in=ids).order_by("symbol", "pk"))
+
+
+def protection_audit(*, policy: str | None = None, dry_run: bool = False, positions=None) -> list[ProtectionResult]:
+    """Check every open position (or `positions`: a queryset, a list of positions or ids) for a
+    live stop at the broker and apply the policy to those without one. Raises
+    ProtectionPolicyError for an unknown policy and BrokerError when the broker's orders
+    can't be read (nothing is judged blind); per-position failures are in the results."""
+    policy = policy or settings.PROTECTION_POLICY
+    if policy not in POLICIES:
+        raise ProtectionPolicyError(f"unknown protection policy {policy!r}: use one of {', '.join(POLICIES)}")
+    results: list[ProtectionResult] = []
+    candidates = []
+    for position in _selected(positions):
+        if position.status != PositionStatus.OPEN:
+            results.append(ProtectionResult(position, position.protection, "skipped", f"position is {position.status}",
+                                            dry_run))
+        else:
+            candidates.append(position)
+    if not candidates:
+        return results
+
+    # Two reads: every open top-level order (OCOs, standalone stops, unfilled brackets), and the
+    # newest orders of any status, because a bracket whose entry has FILLED is not an open
+    # order: Alpaca (and the paper exchange) leave it, and its live legs, out of status=open
+    # when nested. Older brackets the database still holds live are read one by one.
+    symbols = sorted({p.symbol for p in candidates})
+    remote = _Remote()
+    tops: dict[str, BrokerOrder] = {}
+    for status in ("open", "all"):
+        listed = broker.list_orders(status=status, symbols=symbols, limit=LIST_LIMIT)
+        for order in listed:
+            tops[order.id] = order
+            remote.add(order)
+
+    now = timezone.now()
+    judged: list[tuple[Position, Decimal]] = []
+    for position in candidates:
+        views = order_views(position, remote)
+        if any(not v.is_final and (not v.broker_order_id or v.broker_order_id not in remote.by_id) for v in views):
+            try:
+                for fresh in position_refresh(position, remote, apply=not dry_run):
+                    tops[fresh.id] = fresh
+            except BrokerError as exc:
+                results.append(ProtectionResult(position, position.protection, "failed",
+                                                f"its orders could not be read: {exc}", dry_run))
+                continue
+            views = order_views(position, remote)
+        h = holding(position, views)
+        if h.entry_live:
+            results.append(ProtectionResult(position, Protection.UNKNOWN, "none",
+                                            "entry still working: its bracket legs protect it once filled", dry_run))
+            continue
+        if h.held <= 0:
+            results.append(ProtectionResult(position, Protection.UNKNOWN, "none",
+                                            "nothing held by its orders (reconciliation closes it)", dry_run))
+            continue
+        judged.append((position, h.held))
+
+    ours = dict(Order.objects.filter(position__in=candidates).exclude(broker_order_id=None)
+                .values_list("broker_order_id", "position_id"))
+    cover: dict[int, Decimal] = {}
+    pool: dict[tuple[str, str], Decimal] = {}
+    for stop in _live_stops(list(tops.values())):
+        owner = ours.get(stop.id) or (ours.get(stop.parent_id) if stop.parent_id else None)
+        if owner is not None:
+            cover[owner] = cover.get(owner, Decimal("0")) + stop.remaining
+        else:
+            pool[(stop.symbol, stop.side)] = pool.get((stop.symbol, stop.side), Decimal("0")) + stop.remaining
+
+    unprotected: list[tuple[Position, Decimal, Decimal]] = []
+    for position, held in judged:  # own stops first, then the symbol's other stops, oldest position first
+        covered = cover.get(position.pk, Decimal("0"))
+        if covered < held:
+            key = (position.symbol, position.exit_side)
+            take = min(pool.get(key, Decimal("0")), held - covered)
+            if take > 0:
+                pool[key] -= take
+                covered += take
+        if covered >= held:
+            results.append(_protected(position, held, covered, now, dry_run))
+        else:
+            unprotected.append((position, held, covered))
+
+    quotes = {}
+    if unprotected and policy != "alert":
+        try:
+            quotes = broker.latest_quotes({p.symbol for p, _, _ in unprotected})
+        except BrokerError as exc:
+            log.warning("no quotes for the protection audit: %s", exc)
+    for position, held, covered in unprotected:
+        try:
+            results.append(_unprotected(position, held, covered, policy=policy, quote=quotes.get(position.symbol),
+                                        now=now, dry_run=dry_run))
+        except (BrokerError, DatabaseError) as exc:  # one position's failure must not leave the others bare
+            detail = f"{type(exc).__name__}: {exc}"
+            if not dry_run:
+                event_record(kind=RiskEventKind.ERROR, position=position, reason="protection failed", message=detail)
+            results.append(ProtectionResult(position, Protection.UNPROTECTED, "failed", detail, dry_run))
+    return results
+
+
+def _protected(position: Position, held: Decimal, covered: Decimal, now, dry_run: bool) -> ProtectionResult:
+    if not dry_run:
+        Position.objects.filter(pk=position.pk).update(protection=Protection.PROTECTED, protection_checked_at=now)
+        position.protection, position.protection_checked_at = Protection.PROTECTED, now
+    return ProtectionResult(position, Protection.PROTECTED, "none",
+                            f"live stop for {covered.normalize():f} of {held.normalize():f}", dry_run)
+
+
+def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy: str, quote, now,
+                 dry_run: bool) -> ProtectionResult:
+    was = position.protection
+    found = (f"UNPROTECTED: live stop for {covered.normalize():f} of {held.normalize():f} "
+             f"{position.symbol} held")
+    if not dry_run:
+        Position.objects.filter(pk=position.pk).update(protection=Protection.UNPROTECTED, protection_checked_at=now)
+        position.protection, position.protection_checked_at = Protection.UNPROTECTED, now
+        event_record(kind=RiskEventKind.UNPROTECTED, position=position, reason="no live stop at the broker",
+                     message=found, data={"held": str(held), "covered": str(covered), "policy": policy})
+
+    if position.needs_review:
+        result = ProtectionResult(position, Protection.UNPROTECTED, "skipped",
+                                  f"needs review, not traded: {position.review_note[:200]}", dry_run)
+    else:
+        stop, target, defaults = protection_levels(position)
+        crossed = None
+        price = None
+        if policy != "alert" and quote is not None:
+            problem = quote_problem(quote=quote, now=now,
+                                    max_age=timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS))
+            if problem is None:
+                price = quote.price
+                crossed = trigger_reason(side=position.side, price=price, stop_loss=stop, take_profit=target)
+        if crossed:
+            result = _exit(position, reason=crossed, price=price, stop=stop, target=target, quote=quote,
+                           dry_run=dry_run)
+        elif policy == "protect":
+            result = _protect(position, held, stop=stop, target=target, defaults=defaults, dry_run=dry_run)
+        elif policy == "flatten":
+            result = _flatten(position, dry_run=dry_run)
+        else:
+            result = ProtectionResult(position, Protection.UNPROTECTED, "alerted", "policy alert: no order sent",
+                                      dry_run)
+
+    result.found = Protection.UNPROTECTED
+    if not dry_run and _should_alert(position, result, was, now):
+        alert_raise(kind=AlertKind.UNPROTECTED, position=position,
+                    message=f"{position} {found}; policy {policy}: {result.action}"
+                            + (f" ({result.detail})" if result.detail else ""))
+    return result
+
+
+def _should_alert(position: Position, result: ProtectionResult, was: str, now) -> bool:
+    if result.action not in ("alerted", "skipped") or was != Protection.UNPROTECTED:
+        return True
+    return not Alert.objects.filter(kind=AlertKind.UNPROTECTED, position=position,
+                                    created_at__gte=now - ALERT_REPEAT).exists()
+
+
+def _exit(position: Position, *, reason: str, price, stop, target, quote, dry_run: bool) -> ProtectionResult:
+    detail = f"price {price} already crossed its {'stop' if reason == CloseReason.STOP_LOSS_HIT else 'target'} " \
+             f"(stop {stop}, target {target}): exit {reason}, not re-protected"
+    if dry_run:
+        return ProtectionResult(position, Protection.UNPROTECTED, "exited", detail, True)
+    outcome = position_close(position=position, reason=reason, owner=f"protect-{position.pk}", price=price,
+                             quote_time=quote.time if quote else None)
+    action = "exited" if outcome.state in ("closed", "exit_pending") else "failed"
+    return ProtectionResult(outcome.position, Protection.UNPROTECTED, action,
+                            f"{detail}; {outcome.state} {outcome.detail}".strip())
+
+
+def _flatten(position: Position, *, dry_run: bool) -> ProtectionResult:
+    if dry_run:
+        return ProtectionResult(position, Protection.UNPROTECTED, "flattened", "policy flatten: market exit", True)
+    outcome = position_close(position=position, reason=CloseReason.EMERGENCY_STOP, owner=f"protect-{position.pk}")
+    action = "flattened" if outcome.state in ("closed", "exit_pending") else "failed"
+    return ProtectionResult(outcome.position, Protection.UNPROTECTED, action,
+                            f"policy flatten: {outcome.state} {outcome.detail}".strip())
+
+
+def _protect(position: Position, held: Decimal, *, stop: Decimal, target: Decimal, defaults: bool,
+             dry_run: bool) -> ProtectionResult:
+    levels = f"OCO {position.exit_side} {held.normalize():f} stop {stop} target {target}" + (
+        " (defaults from the entry)" if defaults else "")
+    if dry_run:
+        return ProtectionResult(position, Protection.UNPROTECTED, "protected", levels, True)
+
+    # What is left of its own exit orders (a lone target leg, a smaller OCO) holds shares the
+    # OCO needs, and would double-sell later: cancel it first.
+    if position.orders.live().exclude(role=OrderRole.ENTRY).exclude(broker_order_id=None).exists():
+        try:
+            orders_cancel(position=position)
+        except BrokerError as exc:
+            return _protect_failed(position, f"its remaining orders could not be cancelled: {exc}")
+        if position.orders.live().exclude(role=OrderRole.EXIT).exclude(broker_order_id=None).exists():
+            return _protect_failed(position, "its remaining orders are not cancelled yet; try again")
+
+    order = Order.objects.create(  # written before it is sent
+        position=position,
+        client_order_id=new_client_order_id("protect"),
+        role=OrderRole.TAKE_PROFIT,
+        symbol=position.symbol,
+        side=position.exit_side,
+        qty=held,
+        type=OrderType.LIMIT,
+        order_class=OrderClass.OCO,
+        time_in_force=OCO_TIME_IN_FORCE,
+        limit_price=target,
+    )
+    try:
+        remote = broker.submit_oco_exit(symbol=position.symbol, qty=held, side=position.exit_side, stop_loss=stop,
+                                        take_profit=target, time_in_force=OCO_TIME_IN_FORCE,
+                                        client_order_id=order.client_order_id)
+    except BrokerError as exc:
+        if not exc.outcome_unknown:
+            order.status = OrderStatus.SUBMIT_FAILED
+        order.error = str(exc)
+        order.save(update_fields=["status", "error", "synced_at"])
+        return _protect_failed(position, f"{levels} refused: {exc}", order=order)
+    order_apply(order=order, remote=remote)
+
+    position.refresh_from_db()
+    if position.status != PositionStatus.OPEN:  # claimed for closing meanwhile: the OCO must not outlive it
+        broker.cancel_order(remote.id)
+        order_refresh(order=order)
+        return ProtectionResult(position, Protection.UNPROTECTED, "skipped",
+                                f"position became {position.status} while protecting; OCO cancelled", order=order)
+    updates = {"protection": Protection.PROTECTED, "protection_checked_at": timezone.now()}
+    if position.stop_loss is None:
+        updates["stop_loss"] = stop
+    if position.take_profit is None:
+        updates["take_profit"] = target
+    Position.objects.filter(pk=position.pk).update(**updates)
+    position.refresh_from_db()
+    event_record(kind=RiskEventKind.PROTECTED, position=position, reason="oco placed", message=levels,
+                 data={"order": remote.id, "client_order_id": order.client_order_id, "stop": str(stop),
+                       "target": str(target), "defaults": defaults})
+    return ProtectionResult(position, Protection.PROTECTED, "protected", f"{levels}, {remote.id} {remote.status}",
+                            order=order)
+
+
+def _protect_failed(position: Position, detail: str, order: Order | None = None) -> ProtectionResult:
+    event_record(kind=RiskEventKind.ERROR, position=position, reason="protection failed", message=detail)
+    return ProtectionResult(position, Protection.UNPROTECTED, "failed", detail, order=order)

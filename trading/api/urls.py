@@ -1,0 +1,14 @@
+from django.urls import path
+
+from . import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("orders/test", views.TestOrderView.as_view(), name="orders-test"),
+    path("orders/<int:pk>", views.OrderDetailView.as_view(), name="order-detail"),
+    path("positions", views.PositionListView.as_view(), name="positions"),
+    path("positions/flatten", views.FlattenView.as_view(), name="positions-flatten"),
+    path("trading-state", views.TradingStateView.as_view(), name="trading-state"),
+    path("monitor", views.MonitorView.as_view(), name="monitor"),
+]

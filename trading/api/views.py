@@ -1,0 +1,257 @@
+"""API views: thin. Reads go through the selectors, changes through the services."""
+
+import logging
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from risk.checklist import ChecklistNotPassed, checklist_run, trading_mode_change
+from risk.flatten import flatten, outcome_summary
+from risk.selectors import monitor_status
+from trading.broker import BrokerError
+from trading.models import Order
+from trading.selectors import order_with_legs, positions_list, trading_state_history
+from trading.services import BracketNotProtected, TradingHalted, submit_bracket_order, trading_state
+from trading.validation import OrderValidationError
+
+from . import permissions as perms
+from .serializers import (
+    FIELD_ERRORS_SCHEMA,
+    BracketFailureSerializer,
+    ChecklistSerializer,
+    CloseResultSerializer,
+    ErrorSerializer,
+    FlattenRequestSerializer,
+    FlattenResponseSerializer,
+    MonitorSerializer,
+    OrderSerializer,
+    PositionFilterSerializer,
+    PositionSerializer,
+    TestOrderRequestSerializer,
+    TestOrderResponseSerializer,
+    TradingStateRefusedSerializer,
+    TradingStateRequestSerializer,
+    TradingStateSerializer,
+    monitor_payload,
+)
+
+log = logging.getLogger(__name__)
+
+BAD_INPUT = OpenApiResponse(FIELD_ERRORS_SCHEMA, description="Invalid input: every bad field, by name.")
+UNAUTHENTICATED = OpenApiResponse(ErrorSerializer, description="No or bad credentials (token or session).")
+FORBIDDEN = OpenApiResponse(ErrorSerializer, description="Authenticated, but without the permission this needs.")
+BROKER_FAILED = OpenApiResponse(ErrorSerializer, description="The broker failed or could not be reached.")
+
+
+def _field_errors(exc: OrderValidationError) -> dict[str, list[str]]:
+    return {field: [message] for field, message in exc.errors.items()}
+
+
+class ConsoleAPIView(APIView):
+    permission_classes = perms.PERMISSIONS
+    required_perms: dict[str, str] = {}
+
+
+class TestOrderView(ConsoleAPIView):
+    """Send a test bracket order (entry + stop + target), capped at TEST_ORDER_MAX_QTY shares."""
+
+    required_perms = {"POST": perms.ADD_ORDER}
+
+    @extend_schema(
+        operation_id="orders_test_create",
+        request=TestOrderRequestSerializer,
+        responses={
+            201: TestOrderResponseSerializer,
+            400: BAD_INPUT,
+            401: UNAUTHENTICATED,
+            403: FORBIDDEN,
+            502: OpenApiResponse(
+                BracketFailureSerializer,
+                description="The broker did not hold both legs (the entry was cancelled, or its fill is an "
+                            "unprotected position), or another broker failure (then only `detail`).",
+            ),
+        },
+        description=f"Needs `{perms.ADD_ORDER}`. Quantity above TEST_ORDER_MAX_QTY is a 400 on `quantity`.",
+    )
+    def post(self, request):
+        given = TestOrderRequestSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        try:
+            position = submit_bracket_order(**given.validated_data, is_test=True)
+        except OrderValidationError as exc:
+            return Response(_field_errors(exc), status=status.HTTP_400_BAD_REQUEST)
+        except BracketNotProtected as exc:
+            entry = order_with_legs(order_id=exc.entry.pk)
+            return Response(
+                {"detail": str(exc), "order": OrderSerializer(entry).data,
+                 "position_id": exc.position.pk if exc.position else None},
+                status=status.HTTP_502_BAD_GATEWAY,
+            )
+        except TradingHalted as exc:  # test orders are allowed while halted; kept for safety
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except BrokerError as exc:
+            log.error("test order: broker error: %s", exc)
+            return Response({"detail": f"broker error: {exc}"}, status=status.HTTP_502_BAD_GATEWAY)
+        entry = order_with_legs(order_id=position.entry_order_id)
+        return Response({"position_id": position.pk, "order": OrderSerializer(entry).data},
+                        status=status.HTTP_201_CREATED)
+
+
+class OrderDetailView(ConsoleAPIView):
+    required_perms = {"GET": perms.VIEW_ORDER}
+
+    @extend_schema(
+        operation_id="orders_retrieve",
+        responses={200: OrderSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN,
+                   404: OpenApiResponse(ErrorSerializer, description="No such order.")},
+        description=f"One order with its legs. Needs `{perms.VIEW_ORDER}`.",
+    )
+    def get(self, request, pk: int):
+        try:
+            order = order_with_legs(order_id=pk)
+        except Order.DoesNotExist:
+            return Response({"detail": "No such order."}, status=status.HTTP_404_NOT_FOUND)
+        return Response(OrderSerializer(order).data)
+
+
+class PositionPagination(CursorPagination):
+    """Cursor pages: no COUNT over the whole table, stable while rows are added."""
+
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class PositionListView(ConsoleAPIView):
+    required_perms = {"GET": perms.VIEW_POSITION}
+
+    @extend_schema(
+        operation_id="positions_list",
+        parameters=[
+            OpenApiParameter("status", str, enum=["open", "closing", "closed"]),
+            OpenApiParameter("symbol", str),
+            OpenApiParameter("cursor", str, description="From `next` / `previous`."),
+            OpenApiParameter("page_size", int, description="At most 500; default 50."),
+        ],
+        responses={200: PositionSerializer(many=True), 400: BAD_INPUT, 401: UNAUTHENTICATED, 403: FORBIDDEN},
+        description=f"Positions, newest first, with protection and realised P&L. Needs `{perms.VIEW_POSITION}`.",
+    )
+    def get(self, request):
+        filters = PositionFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        queryset = positions_list(**filters.validated_data)
+        paginator = PositionPagination()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(PositionSerializer(page, many=True).data)
+
+    # Lets drf-spectacular describe the paginated envelope.
+    pagination_class = PositionPagination
+
+
+class FlattenView(ConsoleAPIView):
+    required_perms = {"POST": perms.FLATTEN}
+
+    @extend_schema(
+        operation_id="positions_flatten",
+        request=FlattenRequestSerializer,
+        responses={200: FlattenResponseSerializer, 400: BAD_INPUT, 401: UNAUTHENTICATED, 403: FORBIDDEN},
+        description=(
+            f"EMERGENCY_STOP. Needs `{perms.FLATTEN}` and `confirm: \"FLATTEN\"`. Sets trading to HALTED "
+            "(unless halted), cancels open orders (all of them when `positions` is left out), then closes each "
+            "position. Repeating it closes nothing twice: a position already closing or closed is `skipped`. "
+            "Broker failures are reported per position (`state: error`), never as a 502."
+        ),
+    )
+    def post(self, request):
+        given = FlattenRequestSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        result = flatten(user=request.user, positions=given.validated_data.get("positions"))
+        results = [
+            {"position": o.position, "state": o.state, "detail": o.detail, "summary": outcome_summary(o)}
+            for o in result.outcomes
+        ]
+        return Response({
+            "halted": result.halted is not None,
+            "cancelled_orders": result.cancelled_orders,
+            "errors": result.errors,
+            "results": CloseResultSerializer(results, many=True).data,
+        })
+
+
+def _state_payload(change) -> dict:
+    return {"mode": change.mode, "reason": change.reason, "changed_by_name": change.changed_by_name,
+            "changed_at": change.changed_at, "overrode_checklist": change.overrode_checklist}
+
+
+def _checklist_payload(checklist) -> dict:
+    return {"passed": checklist.passed, "checked_at": checklist.checked_at,
+            "items": [vars(item) for item in checklist.items]}
+
+
+class TradingStateView(ConsoleAPIView):
+    required_perms = {"GET": perms.VIEW_TRADING_STATE, "POST": perms.CHANGE_TRADING_MODE}
+
+    def _current(self) -> dict:
+        payload = {
+            "state": _state_payload(trading_state()),
+            "checklist": _checklist_payload(checklist_run()),
+            "history": [_state_payload(c) for c in trading_state_history(limit=20)],
+        }
+        return TradingStateSerializer(payload).data
+
+    @extend_schema(
+        operation_id="trading_state_retrieve",
+        responses={200: TradingStateSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN},
+        description=f"The state in force, the re-enable checklist (computed now) and the last 20 changes. "
+                    f"Needs `{perms.VIEW_TRADING_STATE}`.",
+    )
+    def get(self, request):
+        return Response(self._current())
+
+    @extend_schema(
+        operation_id="trading_state_update",
+        request=TradingStateRequestSerializer,
+        responses={
+            200: TradingStateSerializer,
+            400: OpenApiResponse(
+                TradingStateRefusedSerializer,
+                description="Bad field, or resuming (ACTIVE) while checklist items fail without `override`: "
+                            "then `override` says why and `checklist` lists the items.",
+            ),
+            401: UNAUTHENTICATED,
+            403: FORBIDDEN,
+        },
+        description=f"ACTIVE, HALTED or REDUCING, with a reason. Needs `{perms.CHANGE_TRADING_MODE}`. Resuming "
+                    "runs the checklist; `override: true` resumes anyway and is recorded.",
+    )
+    def post(self, request):
+        given = TradingStateRequestSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        data = given.validated_data
+        try:
+            trading_mode_change(mode=data["mode"], reason=data["reason"], user=request.user,
+                                override=data["override"])
+        except ChecklistNotPassed as exc:
+            body = _field_errors(exc)
+            body["checklist"] = ChecklistSerializer(_checklist_payload(exc.checklist)).data
+            return Response(body, status=status.HTTP_400_BAD_REQUEST)
+        except OrderValidationError as exc:
+            return Response(_field_errors(exc), status=status.HTTP_400_BAD_REQUEST)
+        return Response(self._current())
+
+
+class MonitorView(ConsoleAPIView):
+    required_perms = {"GET": perms.VIEW_MONITOR}
+
+    @extend_schema(
+        operation_id="monitor_retrieve",
+        responses={200: MonitorSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN},
+        description=f"The monitor's heartbeat: last cycle, its age and whether it is stale (no cycle finished "
+                    f"within 2 x MONITOR_INTERVAL_SECONDS). Needs `{perms.VIEW_MONITOR}`.",
+    )
+    def get(self, request):
+        return Response(MonitorSerializer(monitor_payload(monitor_status())).data)
