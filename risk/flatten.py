@@ -1,6 +1,6 @@
 """Emergency flattening and manual closing, for the admin and the API.
 
-flatten: halt trading (unless already halted), cancel open orders, then close the
+flatten: halt trading (unless already halted), cancel open orders (all but working exits), then close the
 positions through `positions_close`, the one safe close path. Doing it twice does nothing
 more: the claim (open -> closing) lets one caller close a position, a second gets
 "skipped".
@@ -14,7 +14,7 @@ from django.db.models import Prefetch
 
 from trading import broker
 from trading.broker import BrokerError, BrokerOrder
-from trading.models import CloseReason, Order, Position, PositionStatus, TradingMode, TradingStateChange
+from trading.models import EXIT_CLIENT_ORDER_PREFIX, CloseReason, Order, Position, PositionStatus, TradingMode, TradingStateChange
 from trading.services import trading_state, trading_state_set
 
 from .models import RiskEventKind
@@ -123,6 +123,16 @@ def _broker_open_orders() -> list[BrokerOrder]:
     return list(found.values())
 
 
+def _cancel_open_orders_but_exits() -> int:
+    """Cancel every open order at the broker except our exits: an exit already working for
+    a closing position must not be cancelled, or it would be sent a second time."""
+    targets = [o.id for o in _broker_open_orders() if not o.client_order_id.startswith(EXIT_CLIENT_ORDER_PREFIX)]
+    for order_id in targets:
+        broker.cancel_order(order_id)  # False when it went with its sibling leg: fine
+    still_open = {o.id for o in _broker_open_orders()}
+    return sum(1 for order_id in targets if order_id not in still_open)
+
+
 @dataclass
 class FlattenResult:
     outcomes: list[CloseOutcome]
@@ -145,7 +155,7 @@ def flatten(*, user, positions=None) -> FlattenResult:
     if positions is None:
         targets = list(Position.objects.active().order_by("id"))  # closing ones show as skipped
         try:
-            result.cancelled_orders = broker.cancel_all_orders()
+            result.cancelled_orders = _cancel_open_orders_but_exits()
         except BrokerError as exc:
             # Each close still cancels its own position's legs before exiting.
             result.errors.append(f"cancelling all orders failed: {exc}")

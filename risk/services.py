@@ -8,6 +8,7 @@ correct side with a deterministic client_order_id, and close from the real fill.
 
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from trading import broker
@@ -216,10 +217,16 @@ def _finalize(position: Position, orders: list[Order], *, note: str = "") -> Clo
 
 
 def _held_at_broker(position: Position) -> Decimal:
+    """What the broker holds for this position: its holding in the symbol less what our
+    other positions in it account for, so an exit never sells another position's shares."""
     remote = broker.get_position(position.symbol)
     if remote is None or remote.side != position.side:
         return Decimal("0")
-    return remote.qty
+    others = (
+        Position.objects.active().filter(symbol=position.symbol, side=position.side).exclude(pk=position.pk)
+        .aggregate(total=Sum("quantity"))["total"]
+    ) or Decimal("0")
+    return max(remote.qty - others, Decimal("0"))
 
 
 def _progress(position: Position) -> CloseOutcome:
@@ -454,7 +461,9 @@ def heartbeat_write(*, result: CycleResult) -> None:
         heartbeat.market_open = result.market_open
         heartbeat.consecutive_error_cycles = heartbeat.consecutive_error_cycles + 1 if result.errors else 0
         heartbeat.last_error = "; ".join(result.messages) if result.errors else heartbeat.last_error
-        heartbeat.save()
+        # only the cycle's own fields: a reconciliation may be writing its own meanwhile
+        heartbeat.save(update_fields=["started_at", "finished_at", "positions_checked", "actions", "errors", "cycles",
+                                      "market_open", "consecutive_error_cycles", "last_error"])
     except DatabaseError as exc:
         log.error("heartbeat not stored (%s): %s", type(exc).__name__, exc)
         return
@@ -480,8 +489,41 @@ def lease_release(*, name: str, holder: str) -> None:
     Lease.objects.filter(name=name, holder=holder).update(holder="", expires_at=None)
 
 
-def monitor_tick(*, holder: str, keep_lease: bool = False) -> CycleResult | None:
-    """Run one cycle if this holder gets the monitor lease; None when another holds it."""
+def _housekeeping() -> None:
+    """Reconcile with the broker, then audit every open position's protection, then retry
+    alerts a dead process left undelivered (off the monitor's thread: a dead webhook
+    must not hold up protection)."""
+    from .alerts import alerts_deliver_pending
+    from .protection import protection_audit
+    from .reconcile import reconcile_run
+
+    report = reconcile_run()
+    _log_line({"event": "reconcile", "summary": report.summary()})
+    try:
+        protection_audit()
+    except BrokerError as exc:
+        event_record(kind=RiskEventKind.ERROR, reason="protection audit failed", message=str(exc))
+    threading.Thread(target=_deliver_pending_alerts, args=(alerts_deliver_pending,), daemon=True).start()
+
+
+def _deliver_pending_alerts(deliver) -> None:
+    try:
+        deliver()
+    finally:
+        close_old_connections()
+
+
+def _housekeeping_due() -> bool:
+    cycles = Heartbeat.objects.filter(name=MONITOR).values_list("cycles", flat=True).first() or 0
+    return cycles % settings.RECONCILE_EVERY_N_CYCLES == 0
+
+
+def monitor_tick(*, holder: str, keep_lease: bool = False, housekeeping: bool | None = None) -> CycleResult | None:
+    """Run one cycle if this holder gets the monitor lease; None when another holds it.
+
+    Reconciliation and the protection audit run first when `housekeeping` is True (a
+    monitor starting up) or, by default, every RECONCILE_EVERY_N_CYCLES cycles.
+    """
     span = max(settings.MONITOR_LEASE_SECONDS, 2 * settings.MONITOR_INTERVAL_SECONDS)
     if not connection.in_atomic_block:
         close_old_connections()  # a connection broken in the last cycle is replaced, not reused
@@ -492,6 +534,11 @@ def monitor_tick(*, holder: str, keep_lease: bool = False) -> CycleResult | None
         log.error("monitor lease unavailable (%s): %s", type(exc).__name__, exc)
         raise
     try:
+        try:
+            if housekeeping or (housekeeping is None and _housekeeping_due()):
+                _housekeeping()
+        except DatabaseError as exc:
+            event_record(kind=RiskEventKind.ERROR, reason="housekeeping failed", message=f"{type(exc).__name__}: {exc}")
         return monitor_cycle(owner=holder)
     finally:
         if not keep_lease:

@@ -387,3 +387,45 @@ def test_scheduled_task_runs_a_cycle(exchange):
 
     assert "checked=" in monitor_task()
     assert Heartbeat.objects.get(name="monitor").cycles == 1
+
+
+def test_monitor_start_up_reconciles_and_protects_what_the_broker_holds(exchange):
+    from risk.services import monitor_tick
+
+    exchange.control.set_position("MSFT", 7, "400.00")  # left at the broker, unknown here
+    exchange.control.set_quote("MSFT", "409.99", "410.01")
+
+    monitor_tick(holder="starting-monitor", housekeeping=True)
+
+    adopted = Position.objects.get(symbol="MSFT")
+    assert adopted.adopted and adopted.quantity == 7 and adopted.side == "long"
+    assert adopted.protection == "protected"  # the audit placed an OCO at the default levels
+    assert adopted.stop_loss is not None and adopted.stop_loss < Decimal("400")
+    ocos = [r["body"] for r in exchange.control.requests_log()
+            if r["method"] == "POST" and r["path"] == "/v2/orders" and r["body"].get("order_class") == "oco"]
+    assert len(ocos) == 1 and ocos[0]["side"] == "sell"
+    assert RiskEvent.objects.filter(kind="adopted", position=adopted).exists()
+    assert Heartbeat.objects.get(name="monitor").last_reconcile_at is not None
+
+
+def test_flatten_everything_leaves_a_working_exit_alone(exchange):
+    from risk.flatten import flatten
+
+    position = unprotected(exchange)
+    exchange.control.set_quote("AAPL", "138.00", "138.02")
+    exchange.control.add_fault("no_fill", count=1)
+    monitor_cycle()
+    position.refresh_from_db()
+    assert position.status == PositionStatus.CLOSING
+    exit_order = position.orders.get(role=OrderRole.EXIT)
+
+    result = flatten(user=None)
+
+    assert [o.state for o in result.outcomes] == ["skipped"]
+    remote = [o for o in exchange.control.state()["orders"] if o["id"] == exit_order.broker_order_id][0]
+    assert remote["status"] not in ("canceled", "cancelled")
+    exchange.control.fill_order(exit_order.broker_order_id)
+    monitor_cycle()
+    position.refresh_from_db()
+    assert position.status == PositionStatus.CLOSED and position.close_reason == CloseReason.STOP_LOSS_HIT
+    assert len(exits_sent(exchange)) == 1

@@ -446,11 +446,6 @@ def cancel_order(order_id: str) -> bool:
     return True
 
 
-def cancel_all_orders() -> int:
-    result = _call("cancel all orders", _trading().cancel_orders)
-    return len(result) if isinstance(result, list) else 0
-
-
 # --- Positions, prices, clock ------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ from django.db import models
 from django.db.models import Case, DecimalField, ExpressionWrapper, F, Q, When
 
 PRICE = {"max_digits": 18, "decimal_places": 4}
+EXIT_CLIENT_ORDER_PREFIX = "catalyst-exit-"
 QTY = {"max_digits": 20, "decimal_places": 9}
 
 
@@ -126,7 +127,7 @@ class Position(models.Model):
     @property
     def exit_client_order_id(self) -> str:
         """Deterministic: the broker rejects a second order with it, so an exit is sent once."""
-        return f"catalyst-exit-{self.pk}"
+        return f"{EXIT_CLIENT_ORDER_PREFIX}{self.pk}"
 
 
 class OrderRole(models.TextChoices):

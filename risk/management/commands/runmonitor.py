@@ -33,7 +33,7 @@ class Command(BaseCommand):
         holder = f"runmonitor:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stdout.write(f"monitor {holder} on {describe()}, every {interval:g}s")
         if once:
-            result = monitor_tick(holder=holder)
+            result = monitor_tick(holder=holder, housekeeping=True)
             if result is None:
                 raise CommandError("another monitor holds the lease; nothing done")
             self.stdout.write(self._line(result))
@@ -48,11 +48,13 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
+        first = True
         try:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    result = monitor_tick(holder=holder, keep_lease=True)
+                    result = monitor_tick(holder=holder, keep_lease=True, housekeeping=True if first else None)
+                    first = first and result is None  # start-up housekeeping happens on the first cycle run
                 except Exception as exc:  # the loop outlives any single failure
                     self.stderr.write(f"cycle failed: {type(exc).__name__}: {exc}")
                 else:
