@@ -462,3 +462,29 @@ def test_the_review_note_is_the_only_thing_an_operator_edits(operator):
     position.refresh_from_db()
     assert position.needs_review and position.review_note == "checked by ops"
     assert position.quantity == 10 and position.status == PositionStatus.CLOSED and position.exit_price == 140
+
+
+def test_protect_selected_replaces_a_cancelled_stop_with_an_oco(exchange):
+    from trading import broker
+
+    client = _client(_user("protector", VIEW_PERMS + ["trading.protect_positions"]))
+    position = _open()
+    stop_leg = position.orders.get(role="stop_loss")
+    broker.cancel_order(stop_leg.broker_order_id)  # cancelled by hand at the broker
+
+    response = _action(client, "protect_selected", [position.pk])
+
+    assert response.status_code == 302
+    position.refresh_from_db()
+    assert position.protection == "protected"
+    ocos = [r["body"] for r in exchange.control.requests_log()
+            if r["method"] == "POST" and r["path"] == "/v2/orders" and r["body"].get("order_class") == "oco"]
+    assert len(ocos) == 1
+    assert Decimal(str(ocos[0]["stop_loss"]["stop_price"])) == Decimal("140.00")
+
+
+def test_protect_selected_needs_its_permission(viewer, exchange):
+    position = _open()
+    response = _action(viewer, "protect_selected", [position.pk])
+    assert response.status_code == 200  # the changelist again: the action is not offered
+    assert not [r for r in exchange.control.requests_log() if (r["body"] or {}).get("order_class") == "oco"]

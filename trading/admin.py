@@ -330,7 +330,7 @@ class PositionAdmin(admin.ModelAdmin):
     ordering = ("-id",)
     # Only indexed columns sort: sorting a million rows by price or P&L would scan them all.
     sortable_by = ("id", "symbol", "closed_at")
-    actions = ("flatten_selected", "close_selected")
+    actions = ("flatten_selected", "close_selected", "protect_selected")
     inlines = (PositionOrderInline, PositionRiskEventInline)
     fieldsets = (
         (None, {"fields": ("symbol", "side", "quantity", "status", "protection", "protection_checked_at")}),
@@ -364,6 +364,9 @@ class PositionAdmin(admin.ModelAdmin):
 
     def has_close_permission(self, request) -> bool:
         return request.user.has_perm(CLOSE_PERM)
+
+    def has_protect_permission(self, request) -> bool:
+        return request.user.has_perm("trading.protect_positions")
 
     # -- columns
 
@@ -498,6 +501,18 @@ class PositionAdmin(admin.ModelAdmin):
         return self._confirmation(request, title="Close selected positions (MANUAL)",
                                   preview=close_preview(positions=ids), action="close_selected", reason="MANUAL",
                                   queryset=queryset)
+
+    @admin.action(description="Protect selected positions (audit their stops; policy PROTECTION_POLICY)",
+                  permissions=["protect"])
+    def protect_selected(self, request, queryset):
+        from risk.protection import protection_audit
+
+        results = protection_audit(positions=list(queryset.values_list("pk", flat=True)))
+        for result in results:
+            failed = result.action in ("failed", "alerted") or result.protection == "unprotected"
+            self.message_user(request, result.line(), messages.WARNING if failed else messages.SUCCESS)
+        if not results:
+            self.message_user(request, "No open position among those selected.", messages.INFO)
 
     def flatten_everything_view(self, request):
         if not self.has_flatten_permission(request):
