@@ -1,33 +1,38 @@
-"""Monitors racing each other on PostgreSQL: every position gets exactly one exit."""
+"""Monitors, the flatten endpoint and the admin flatten racing each other on PostgreSQL:
+every position gets exactly one exit, one reason, and all its risk events."""
 
+import re
 import string
 import threading
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection, connections
 from django.utils import timezone
 
-from risk.services import monitor_cycle, positions_close
-from trading.models import CloseReason, OrderRole, Position, PositionStatus, Side
+from risk.models import RiskEvent
+from risk.services import monitor_cycle
+from trading.models import CloseReason, Order, OrderRole, Position, PositionStatus, Side
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
+    pytest.mark.reliability,
     pytest.mark.skipif(connection.vendor != "postgresql", reason="row locking races need PostgreSQL"),
 ]
 
 
 def _seed(exchange, count: int) -> list[Position]:
-    symbols = [f"Z{a}{b}" for a in string.ascii_uppercase for b in string.ascii_uppercase][:count]
+    symbols = [f"Z{a}{b}{c}" for a in string.ascii_uppercase for b in string.ascii_uppercase
+               for c in string.ascii_uppercase][:count]
     exchange.control.set_quotes([{"symbol": s, "bid": "90.00", "ask": "90.02"} for s in symbols])
-    positions = []
     for symbol in symbols:
         exchange.control.set_position(symbol, 5, "100.00")
-        positions.append(Position.objects.create(
-            symbol=symbol, side=Side.LONG, quantity=Decimal("5"), entry_price=Decimal("100"),
-            stop_loss=Decimal("95"), take_profit=Decimal("120"), opened_at=timezone.now(),
-        ))
-    return positions
+    return Position.objects.bulk_create(
+        Position(symbol=symbol, side=Side.LONG, quantity=Decimal("5"), entry_price=Decimal("100"),
+                 stop_loss=Decimal("95"), take_profit=Decimal("120"), opened_at=timezone.now())
+        for symbol in symbols
+    )
 
 
 def _race(workers):
@@ -59,22 +64,62 @@ def _exit_orders_at_exchange(exchange) -> dict[str, int]:
     return counts
 
 
-def test_three_monitors_and_a_flatten_at_once_send_one_exit_per_position(paper_exchange):
-    positions = _seed(paper_exchange, 40)
-    errors = _race([
+def _api_flatten():
+    from rest_framework.test import APIClient
+
+    client = APIClient(HTTP_X_FORWARDED_PROTO="https")
+    client.force_authenticate(User.objects.get(username="api-operator"))
+    response = client.post("/api/v1/positions/flatten", {"confirm": "FLATTEN"}, format="json")
+    assert response.status_code == 200, response.content
+
+
+def _admin_flatten():
+    from django.test import Client
+
+    client = Client(HTTP_X_FORWARDED_PROTO="https")
+    client.force_login(User.objects.get(username="admin-operator"))
+    ids = [str(pk) for pk in Position.objects.order_by("id").values_list("pk", flat=True)]
+    page = client.post("/admin/trading/position/", {"action": "flatten_selected", "_selected_action": ids})
+    token = re.search(r'name="token" value="([^"]+)"', page.content.decode()).group(1)
+    done = client.post("/admin/trading/position/", {"action": "flatten_selected", "_selected_action": ids,
+                                                    "confirmed": "yes", "token": token})
+    assert done.status_code == 302, done.content[:500]
+
+
+def _operators():
+    from django.contrib.auth.models import Permission
+
+    perms = Permission.objects.filter(codename__in=["flatten_positions", "view_position"])
+    for name in ("api-operator", "admin-operator"):
+        user = User.objects.create_user(name, is_staff=True)
+        user.user_permissions.add(*perms)
+
+
+def test_three_monitors_and_both_flattens_at_once_send_one_exit_per_position(paper_exchange, figures):
+    positions = _seed(paper_exchange, 500)
+    _operators()
+    actors = [
         lambda: monitor_cycle(owner="monitor-a"),
         lambda: monitor_cycle(owner="monitor-b"),
         lambda: monitor_cycle(owner="monitor-c"),
-        lambda: positions_close(positions=list(Position.objects.all()), reason=CloseReason.EMERGENCY_STOP, owner="flatten"),
-    ])
+        _api_flatten,
+        _admin_flatten,
+    ]
+    figures.add("concurrent actors", len(actors))
+    errors = _race(actors)
     assert errors == []
     # finish anything a racer left half-way (it would be the next cycle's job)
     monitor_cycle(owner="cleanup")
 
     counts = _exit_orders_at_exchange(paper_exchange)
+    figures.add("duplicate exits", sum(n - 1 for n in counts.values()))
     assert counts == {p.symbol: 1 for p in positions}
-    for position in Position.objects.all():
-        assert position.status == PositionStatus.CLOSED
-        assert position.close_reason in (CloseReason.STOP_LOSS_HIT, CloseReason.EMERGENCY_STOP)
-        assert position.orders.filter(role=OrderRole.EXIT).count() == 1
-        assert position.exit_price == Decimal("90.00")
+    closed = Position.objects.filter(status=PositionStatus.CLOSED)
+    assert closed.count() == 500
+    assert set(closed.values_list("close_reason", flat=True)) <= {CloseReason.STOP_LOSS_HIT, CloseReason.EMERGENCY_STOP}
+    assert set(closed.values_list("exit_price", flat=True)) == {Decimal("90.00")}
+    assert Order.objects.filter(role=OrderRole.EXIT).count() == 500
+    # no lost risk event: each position has its claim (or trigger), its exit and its close on record
+    for kind in ("exit_sent", "closed"):
+        assert RiskEvent.objects.filter(kind=kind).values("position").distinct().count() == 500, kind
+    assert RiskEvent.objects.filter(kind__in=["claimed", "triggered"]).values("position").distinct().count() == 500
