@@ -21,6 +21,8 @@ endef
 help:
 	@echo "make run          set up .venv, migrate, start the paper exchange, web console (http://127.0.0.1:8000/admin/), monitor and worker"
 	@echo "make test         the whole suite on SQLite, then on PostgreSQL ($(PG_TEST_URL))"
+	@echo "make reliability  the fault, load, bad-input and security suite on PostgreSQL, with its figures"
+	@echo "make bench        benchmarks of the monitor and the console (prints figures, never fails on time)"
 	@echo "make check        Django's system checks and a migrations check"
 
 $(VENV)/.installed: requirements.txt
@@ -46,6 +48,13 @@ test-sqlite: $(VENV)/.installed
 test-postgres: $(VENV)/.installed
 	@pg_isready -q -h 127.0.0.1 -p 5432 || { echo "make: PostgreSQL is not answering on 127.0.0.1:5432 (start it: pg_ctlcluster --skip-systemctl-redirect 15 main start)" >&2; exit 1; }
 	DATABASE_URL=$(PG_TEST_URL) $(VPY) -m pytest -q
+
+reliability: $(VENV)/.installed
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { echo "make: the reliability suite needs PostgreSQL on 127.0.0.1:5432" >&2; exit 1; }
+	DATABASE_URL=$(PG_TEST_URL) $(VPY) -m pytest -q -m reliability
+
+bench: $(VENV)/.installed
+	$(VPY) -m bench
 
 check: $(VENV)/.installed
 	DJANGO_DEBUG=true $(VPY) manage.py check
