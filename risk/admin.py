@@ -6,24 +6,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from trading.admin import CappedCountPaginator
+from trading.admin import ReadOnlyAdmin
 
 from .models import Alert, Heartbeat, Lease, RiskEvent
 from .selectors import monitor_stale_after_seconds
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    show_full_result_count = False
-    paginator = CappedCountPaginator
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 

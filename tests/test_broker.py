@@ -10,16 +10,11 @@ from risk.models import RiskEvent
 from trading import broker
 from trading.broker import BrokerError
 from trading.models import Order, OrderRole, OrderStatus, Position, PositionStatus, Protection
-from trading.services import BracketNotProtected, TradingHalted, submit_bracket_order, trading_state_set
+from trading.services import BracketNotProtected, TradingHalted, submit_bracket_order
 
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def active(db):
-    trading_state_set(mode="ACTIVE", reason="tests trade")
 
 
 @pytest.fixture

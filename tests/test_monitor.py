@@ -11,7 +11,7 @@ from django.utils import timezone
 from risk import services as risk_services
 from risk.models import Heartbeat, RiskEvent
 from risk.services import monitor_cycle, position_close, trigger_reason
-from trading.models import CloseReason, Order, OrderRole, OrderStatus, Position, PositionStatus
+from trading.models import CloseReason, OrderRole, OrderStatus, Position, PositionStatus
 from trading.services import BracketNotProtected, submit_bracket_order, trading_state_set
 
 pytestmark = pytest.mark.django_db

@@ -10,22 +10,9 @@ from risk.models import Alert, Heartbeat, RiskEvent
 from risk.reconcile import UNEXPLAINED_NOTE, reconcile_run
 from trading import broker
 from trading.models import CloseReason, Order, OrderRole, OrderStatus, Position, PositionStatus, Protection
-from trading.services import submit_bracket_order, trading_state_set
+from trading.services import submit_bracket_order
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def active(db):
-    trading_state_set(mode="ACTIVE", reason="tests trade")
-
-
-@pytest.fixture
-def exchange(paper_exchange):
-    paper_exchange.control.set_quote("AAPL", "149.99", "150.01")
-    paper_exchange.control.set_quote("MSFT", "399.99", "400.01")
-    paper_exchange.control.set_quote("TSLA", "249.99", "250.01")
-    return paper_exchange
 
 
 def _bracket(**kwargs) -> Position:

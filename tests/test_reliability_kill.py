@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from risk.services import monitor_cycle, monitor_tick
+from risk.services import monitor_tick
 from trading.models import OrderRole, OrderStatus, Position, PositionStatus
 from trading.services import submit_bracket_order, trading_state_set
 

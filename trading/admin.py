@@ -77,6 +77,22 @@ class CappedCountPaginator(Paginator):
     capped = False
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records kept as the broker or the monitor wrote them: viewable, never edited here."""
+
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class LimitedInlineFormSet(BaseInlineFormSet):
     """Shows the newest `limit` related rows only (the monitor writes many events)."""
 
@@ -224,14 +240,12 @@ class LegInline(OrderColumns, ReadOnlyInline):
 
 
 @admin.register(Order)
-class OrderAdmin(OrderColumns, admin.ModelAdmin):
+class OrderAdmin(OrderColumns, ReadOnlyAdmin):
     list_display = ("id", "role", "symbol", "side", "qty", "type", "order_class", "status", "filled_qty",
                     "filled_avg_price", "position_link", "parent_link", "legs_summary", "created_at")
     list_filter = ("status", "role", "order_class", "side")
     search_fields = ("symbol",)
     search_help_text = "Exact symbol, broker order id or client order id."
-    show_full_result_count = False
-    paginator = CappedCountPaginator
     ordering = ("-id",)
     inlines = (LegInline,)
     fields = ("role", "symbol", "side", "qty", "type", "order_class", "time_in_force", "limit_price", "stop_price",
@@ -251,15 +265,6 @@ class OrderAdmin(OrderColumns, admin.ModelAdmin):
         if len(term) > 16:
             return queryset.filter(broker_order_id=term), False
         return queryset.filter(symbol=term.upper()), False
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="position")
     def position_link(self, obj: Order) -> str:
@@ -568,20 +573,11 @@ class TradingModeForm(forms.Form):
 
 
 @admin.register(TradingStateChange)
-class TradingStateChangeAdmin(admin.ModelAdmin):
+class TradingStateChangeAdmin(ReadOnlyAdmin):
     """The trading state page: current state, checklist, the form to change it, history."""
 
     def has_view_permission(self, request, obj=None) -> bool:
         return super().has_view_permission(request, obj) or request.user.has_perm(TRADING_MODE_PERM)
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def changelist_view(self, request, extra_context=None):
         if not self.has_view_permission(request):
