@@ -497,8 +497,7 @@ def _housekeeping() -> None:
     from .protection import protection_audit
     from .reconcile import reconcile_run
 
-    report = reconcile_run()
-    _log_line({"event": "reconcile", "summary": report.summary()})
+    reconcile_run()  # logs and records its own summary
     try:
         protection_audit()
     except BrokerError as exc:
