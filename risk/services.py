@@ -17,7 +17,8 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
-from django.db.models import Q, Sum
+from django.db.models import Q, Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from trading import broker
@@ -222,11 +223,15 @@ def _held_at_broker(position: Position) -> Decimal:
     remote = broker.get_position(position.symbol)
     if remote is None or remote.side != position.side:
         return Decimal("0")
+    zero = Value(Decimal("0"))
     others = (
         Position.objects.active().filter(symbol=position.symbol, side=position.side).exclude(pk=position.pk)
-        .aggregate(total=Sum("quantity"))["total"]
-    ) or Decimal("0")
-    return max(remote.qty - others, Decimal("0"))
+        .annotate(entry_filled=Coalesce(Sum("orders__filled_qty", filter=Q(orders__role=OrderRole.ENTRY)), zero),
+                  closed=Coalesce(Sum("orders__filled_qty", filter=~Q(orders__role=OrderRole.ENTRY)), zero))
+    )
+    # what each other position holds: its entry's fills (all of it when adopted), less its exits' fills
+    theirs = sum(((o.entry_filled if o.entry_order_id else o.quantity) - o.closed for o in others), Decimal("0"))
+    return max(remote.qty - max(theirs, Decimal("0")), Decimal("0"))
 
 
 def _progress(position: Position) -> CloseOutcome:

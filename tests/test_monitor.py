@@ -429,3 +429,18 @@ def test_flatten_everything_leaves_a_working_exit_alone(exchange):
     position.refresh_from_db()
     assert position.status == PositionStatus.CLOSED and position.close_reason == CloseReason.STOP_LOSS_HIT
     assert len(exits_sent(exchange)) == 1
+
+
+def test_a_working_entry_in_the_same_symbol_does_not_hide_held_shares(exchange):
+    held = unprotected(exchange, qty=10)
+    working = submit_bracket_order(symbol="AAPL", quantity=10, side="buy", stop_loss="120", take_profit="160",
+                                   entry_price="130")  # a limit entry far below: not filled
+    assert working.entry_order.filled_qty == 0
+    exchange.control.set_quote("AAPL", "138.00", "138.02")
+
+    monitor_cycle()
+
+    (exit_body,) = exits_sent(exchange)
+    assert Decimal(str(exit_body["qty"])) == 10
+    held.refresh_from_db()
+    assert held.status == PositionStatus.CLOSED and held.exit_price == Decimal("138.00")
