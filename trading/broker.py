@@ -37,7 +37,7 @@ from alpaca.trading.requests import (
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
-from .models import OrderStatus
+from .models import FINAL_ORDER_STATUSES, OrderStatus
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,6 @@ class BrokerOrder:
 
     @property
     def is_final(self) -> bool:
-        from .models import FINAL_ORDER_STATUSES
-
         return self.status in FINAL_ORDER_STATUSES
 
 
