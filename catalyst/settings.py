@@ -207,6 +207,19 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "COERCE_DECIMAL_TO_STRING": True,
+    # Throttling (trading/api/throttling.py): every request of a user counts against "user";
+    # the writes of a view with a `throttle_scope` also against that scope. Over it: 429 with
+    # Retry-After. Counted in the default cache (per process unless CACHES is shared).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "trading.api.throttling.UserThrottle",
+        "trading.api.throttling.WriteScopedThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": "600/min",
+        "orders": "30/min",
+        "flatten": "10/min",
+        "trading_state": "20/min",
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Catalyst Ops Console API",

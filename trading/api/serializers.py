@@ -5,11 +5,59 @@ from decimal import Decimal
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 
 from trading.models import Order, Position, PositionStatus, TradingMode
 
 
-@extend_schema_field({"type": "string", "format": "decimal", "example": "150.00"})
+class StrictCharField(serializers.CharField):
+    """A JSON string and nothing else (DRF's CharField would take the number 12 for "12")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON true or false (DRF's BooleanField also takes 1, "yes", "on", ...)."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer (DRF's IntegerField also takes "12" and 12.0)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class RequestSerializer(serializers.Serializer):
+    """A request body: a field it does not know is refused by name, not ignored, so a typo
+    cannot silently change what happens (a misspelt `positions` would flatten everything)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in data if key not in self.fields)
+            if unknown:
+                # Under non_field_errors, not under the names sent: those are the caller's, and
+                # could be "detail" or "checklist", which mean something else in a 400.
+                names = ", ".join(repr(name[:40]) for name in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+                raise serializers.ValidationError({api_settings.NON_FIELD_ERRORS_KEY: [f"unknown fields: {names}"]})
+        return super().to_internal_value(data)
+
+
+@extend_schema_field({
+    "oneOf": [{"type": "string", "format": "decimal"}, {"type": "number"}],
+    "example": "150.00",
+})
 class DecimalInputField(serializers.Field):
     """A number given as a decimal string or a JSON number, handed on as a string so the
     order validation (Decimal, no binary floats) judges it."""
@@ -25,10 +73,10 @@ class DecimalInputField(serializers.Field):
         return str(value)
 
 
-class TestOrderRequestSerializer(serializers.Serializer):
-    symbol = serializers.CharField(max_length=16)
+class TestOrderRequestSerializer(RequestSerializer):
+    symbol = StrictCharField(max_length=16)
     quantity = DecimalInputField(help_text="Whole shares, at most TEST_ORDER_MAX_QTY.")
-    side = serializers.CharField(max_length=8, help_text="buy, sell, long or short.")
+    side = StrictCharField(max_length=8, help_text="buy, sell, long or short.")
     entry_price = DecimalInputField(required=False, allow_null=True,
                                     help_text="Limit entry; leave out for a market entry.")
     stop_loss = DecimalInputField()
@@ -74,19 +122,34 @@ class TestOrderResponseSerializer(serializers.Serializer):
 
 
 class BracketFailureSerializer(serializers.Serializer):
+    """A 502: `order` and `position_id` when the bracket was sent but not held; any other broker
+    failure (refused, unreachable, an error page) has `detail` only."""
+
     detail = serializers.CharField()
-    order = OrderSerializer(help_text="The entry order as recorded, with its error and status.")
-    position_id = serializers.IntegerField(allow_null=True, help_text="Set when the entry had filled.")
+    order = OrderSerializer(required=False,
+                            help_text="The entry order as recorded, with its error and status (not held brackets).")
+    position_id = serializers.IntegerField(required=False, allow_null=True,
+                                           help_text="Set when the entry had filled (not held brackets).")
 
 
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 
+# The largest id a database row can have (BIGINT / SQLite INTEGER): anything larger is refused
+# before it reaches a query, where it would overflow (a 500 on SQLite).
+MAX_ID = 2**63 - 1
+
+_MESSAGES = {"type": "array", "items": {"type": "string"}}
+
 FIELD_ERRORS_SCHEMA = {
     "type": "object",
-    "description": "One key per bad field, each with its messages.",
-    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+    "description": "One key per bad field, each with its messages (for a list field, the messages of "
+                   "each bad item by its index). A body that cannot be parsed at all: only `detail`.",
+    "properties": {"detail": {"type": "string", "description": "The body could not be parsed."}},
+    "additionalProperties": {
+        "anyOf": [_MESSAGES, {"type": "object", "additionalProperties": _MESSAGES}],
+    },
     "example": {"stop_loss": ["a long's stop 151 must be at least $0.01 below the entry 150.00"]},
 }
 
@@ -104,13 +167,35 @@ class PositionSerializer(serializers.ModelSerializer):
 
 
 class PositionFilterSerializer(serializers.Serializer):
+    """The query of GET /positions. Each parameter at most once; an unknown one is refused too,
+    so a misspelt filter is a 400 rather than every position."""
+
     status = serializers.ChoiceField(choices=PositionStatus.choices, required=False)
     symbol = serializers.CharField(required=False, max_length=16)
+    cursor = serializers.CharField(required=False, max_length=1000)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+    def to_internal_value(self, data):
+        if hasattr(data, "getlist"):
+            errors = {}
+            unknown = sorted(key for key in data if key not in self.fields)
+            if unknown:  # not keyed by the caller's names (see RequestSerializer)
+                names = ", ".join(repr(name[:40]) for name in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+                errors[api_settings.NON_FIELD_ERRORS_KEY] = [f"unknown parameters: {names}"]
+            for key in self.fields:
+                if len(data.getlist(key)) > 1:
+                    errors[key] = ["give it at most once"]
+                elif data.get(key) == "":  # DRF would take "?status=" for "no filter"
+                    errors[key] = ["This field may not be blank."]
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
 
 
-class FlattenRequestSerializer(serializers.Serializer):
-    confirm = serializers.CharField(help_text='Must be exactly "FLATTEN".')
-    positions = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, allow_empty=False,
+class FlattenRequestSerializer(RequestSerializer):
+    confirm = StrictCharField(help_text='Must be exactly "FLATTEN".')
+    positions = serializers.ListField(child=StrictIntegerField(min_value=1, max_value=MAX_ID), required=False,
+                                      allow_empty=False,
                                       help_text="Position ids; leave out to flatten everything.")
 
     def validate_confirm(self, value: str) -> str:
@@ -175,15 +260,28 @@ class TradingStateSerializer(serializers.Serializer):
     history = TradingStateChangeSerializer(many=True)
 
 
-class TradingStateRequestSerializer(serializers.Serializer):
+class TradingStateRequestSerializer(RequestSerializer):
     mode = serializers.ChoiceField(choices=TradingMode.choices)
-    reason = serializers.CharField(max_length=2000)
-    override = serializers.BooleanField(default=False, help_text="Resume although checklist items fail.")
+    # Not trimmed here, so the 2000 of the schema is the length sent; trading_mode_change strips
+    # it and refuses a blank one.
+    reason = StrictCharField(max_length=2000, trim_whitespace=False)
+    override = StrictBooleanField(default=False, help_text="Resume although checklist items fail.")
 
 
-class TradingStateRefusedSerializer(serializers.Serializer):
-    override = serializers.ListField(child=serializers.CharField())
-    checklist = ChecklistSerializer()
+# POST /trading-state's 400: bad fields (as everywhere), or the refusal to resume (`override`
+# says why, `checklist` lists the items). The Checklist component is TradingState's.
+TRADING_STATE_REFUSED_SCHEMA = {
+    **FIELD_ERRORS_SCHEMA,
+    "description": "Bad fields, each with its messages; or resuming refused while checklist items fail: "
+                   "then `override` says why and `checklist` lists the items.",
+    "properties": {
+        **FIELD_ERRORS_SCHEMA["properties"],
+        "override": _MESSAGES,
+        "checklist": {"$ref": "#/components/schemas/Checklist"},
+    },
+    "example": {"override": [("the re-enable checklist fails (The monitor finished a cycle within 60s: the monitor "
+                              "has never finished a cycle); override with a reason to resume anyway")]},
+}
 
 
 class MonitorSerializer(serializers.Serializer):

@@ -6,7 +6,8 @@ app_name = "api"
 
 urlpatterns = [
     path("orders/test", views.TestOrderView.as_view(), name="orders-test"),
-    path("orders/<int:pk>", views.OrderDetailView.as_view(), name="order-detail"),
+    # Any segment: the view answers a non-id with its JSON 404 (see OrderDetailView).
+    path("orders/<str:pk>", views.OrderDetailView.as_view(), name="order-detail"),
     path("positions", views.PositionListView.as_view(), name="positions"),
     path("positions/flatten", views.FlattenView.as_view(), name="positions-flatten"),
     path("trading-state", views.TradingStateView.as_view(), name="trading-state"),

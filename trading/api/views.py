@@ -4,7 +4,9 @@ import logging
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,8 +20,11 @@ from trading.services import BracketNotProtected, TradingHalted, submit_bracket_
 from trading.validation import OrderValidationError
 
 from . import permissions as perms
+from . import throttling
 from .serializers import (
     FIELD_ERRORS_SCHEMA,
+    MAX_ID,
+    TRADING_STATE_REFUSED_SCHEMA,
     BracketFailureSerializer,
     ChecklistSerializer,
     CloseResultSerializer,
@@ -32,7 +37,6 @@ from .serializers import (
     PositionSerializer,
     TestOrderRequestSerializer,
     TestOrderResponseSerializer,
-    TradingStateRefusedSerializer,
     TradingStateRequestSerializer,
     TradingStateSerializer,
     monitor_payload,
@@ -44,6 +48,11 @@ BAD_INPUT = OpenApiResponse(FIELD_ERRORS_SCHEMA, description="Invalid input: eve
 UNAUTHENTICATED = OpenApiResponse(ErrorSerializer, description="No or bad credentials (token or session).")
 FORBIDDEN = OpenApiResponse(ErrorSerializer, description="Authenticated, but without the permission this needs.")
 BROKER_FAILED = OpenApiResponse(ErrorSerializer, description="The broker failed or could not be reached.")
+UNSUPPORTED_MEDIA = OpenApiResponse(ErrorSerializer, description="The body is not JSON (Content-Type).")
+THROTTLED = OpenApiResponse(
+    ErrorSerializer,
+    description="Too many requests (the user's rate, or this write's own): wait for Retry-After seconds.",
+)
 
 
 def _field_errors(exc: OrderValidationError) -> dict[str, list[str]]:
@@ -52,6 +61,9 @@ def _field_errors(exc: OrderValidationError) -> dict[str, list[str]]:
 
 class ConsoleAPIView(APIView):
     permission_classes = perms.PERMISSIONS
+    # JSON bodies only: one way to say a thing (a form cannot say null, a list or a number),
+    # and a smaller surface. Anything else is a 415.
+    parser_classes = [JSONParser]
     required_perms: dict[str, str] = {}
 
 
@@ -59,6 +71,7 @@ class TestOrderView(ConsoleAPIView):
     """Send a test bracket order (entry + stop + target), capped at TEST_ORDER_MAX_QTY shares."""
 
     required_perms = {"POST": perms.ADD_ORDER}
+    throttle_scope = throttling.ORDERS
 
     @extend_schema(
         operation_id="orders_test_create",
@@ -68,6 +81,8 @@ class TestOrderView(ConsoleAPIView):
             400: BAD_INPUT,
             401: UNAUTHENTICATED,
             403: FORBIDDEN,
+            415: UNSUPPORTED_MEDIA,
+            429: THROTTLED,
             502: OpenApiResponse(
                 BracketFailureSerializer,
                 description="The broker did not hold both legs (the entry was cancelled, or its fill is an "
@@ -105,13 +120,20 @@ class OrderDetailView(ConsoleAPIView):
 
     @extend_schema(
         operation_id="orders_retrieve",
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The order's id.")],
         responses={200: OrderSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN,
-                   404: OpenApiResponse(ErrorSerializer, description="No such order.")},
+                   404: OpenApiResponse(ErrorSerializer, description="No such order (or not an order id)."),
+                   429: THROTTLED},
         description=f"One order with its legs. Needs `{perms.VIEW_ORDER}`.",
     )
-    def get(self, request, pk: int):
+    def get(self, request, pk: str):
+        # The URL takes any segment, so that "-1", "abc" or an id too large for the database
+        # are this API's JSON 404 rather than Django's HTML page (or an overflow).
+        order_id = int(pk) if pk.isascii() and pk.isdigit() else 0
         try:
-            order = order_with_legs(order_id=pk)
+            if not 1 <= order_id <= MAX_ID:
+                raise Order.DoesNotExist
+            order = order_with_legs(order_id=order_id)
         except Order.DoesNotExist:
             return Response({"detail": "No such order."}, status=status.HTTP_404_NOT_FOUND)
         return Response(OrderSerializer(order).data)
@@ -125,6 +147,13 @@ class PositionPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    def decode_cursor(self, request):
+        # A cursor we did not hand out is bad input (400 on `cursor`), not a missing page.
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise ValidationError({"cursor": [self.invalid_cursor_message]}) from None
+
 
 class PositionListView(ConsoleAPIView):
     required_perms = {"GET": perms.VIEW_POSITION}
@@ -135,15 +164,18 @@ class PositionListView(ConsoleAPIView):
             OpenApiParameter("status", str, enum=["open", "closing", "closed"]),
             OpenApiParameter("symbol", str),
             OpenApiParameter("cursor", str, description="From `next` / `previous`."),
-            OpenApiParameter("page_size", int, description="At most 500; default 50."),
+            OpenApiParameter("page_size", {"type": "integer", "minimum": 1, "maximum": 500},
+                             description="At most 500; default 50."),
         ],
-        responses={200: PositionSerializer(many=True), 400: BAD_INPUT, 401: UNAUTHENTICATED, 403: FORBIDDEN},
+        responses={200: PositionSerializer(many=True), 400: BAD_INPUT, 401: UNAUTHENTICATED, 403: FORBIDDEN,
+                   429: THROTTLED},
         description=f"Positions, newest first, with protection and realised P&L. Needs `{perms.VIEW_POSITION}`.",
     )
     def get(self, request):
         filters = PositionFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        queryset = positions_list(**filters.validated_data)
+        given = filters.validated_data
+        queryset = positions_list(status=given.get("status"), symbol=given.get("symbol"))
         paginator = PositionPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(PositionSerializer(page, many=True).data)
@@ -154,11 +186,13 @@ class PositionListView(ConsoleAPIView):
 
 class FlattenView(ConsoleAPIView):
     required_perms = {"POST": perms.FLATTEN}
+    throttle_scope = throttling.FLATTEN
 
     @extend_schema(
         operation_id="positions_flatten",
         request=FlattenRequestSerializer,
-        responses={200: FlattenResponseSerializer, 400: BAD_INPUT, 401: UNAUTHENTICATED, 403: FORBIDDEN},
+        responses={200: FlattenResponseSerializer, 400: BAD_INPUT, 401: UNAUTHENTICATED, 403: FORBIDDEN,
+                   415: UNSUPPORTED_MEDIA, 429: THROTTLED},
         description=(
             f"EMERGENCY_STOP. Needs `{perms.FLATTEN}` and `confirm: \"FLATTEN\"`. Sets trading to HALTED "
             "(unless halted), cancels open orders (all of them when `positions` is left out), then closes each "
@@ -194,6 +228,7 @@ def _checklist_payload(checklist) -> dict:
 
 class TradingStateView(ConsoleAPIView):
     required_perms = {"GET": perms.VIEW_TRADING_STATE, "POST": perms.CHANGE_TRADING_MODE}
+    throttle_scope = throttling.TRADING_STATE  # the POST only (WriteScopedThrottle skips reads)
 
     def _current(self) -> dict:
         payload = {
@@ -205,7 +240,7 @@ class TradingStateView(ConsoleAPIView):
 
     @extend_schema(
         operation_id="trading_state_retrieve",
-        responses={200: TradingStateSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN},
+        responses={200: TradingStateSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN, 429: THROTTLED},
         description=f"The state in force, the re-enable checklist (computed now) and the last 20 changes. "
                     f"Needs `{perms.VIEW_TRADING_STATE}`.",
     )
@@ -218,12 +253,14 @@ class TradingStateView(ConsoleAPIView):
         responses={
             200: TradingStateSerializer,
             400: OpenApiResponse(
-                TradingStateRefusedSerializer,
+                TRADING_STATE_REFUSED_SCHEMA,
                 description="Bad field, or resuming (ACTIVE) while checklist items fail without `override`: "
                             "then `override` says why and `checklist` lists the items.",
             ),
             401: UNAUTHENTICATED,
             403: FORBIDDEN,
+            415: UNSUPPORTED_MEDIA,
+            429: THROTTLED,
         },
         description=f"ACTIVE, HALTED or REDUCING, with a reason. Needs `{perms.CHANGE_TRADING_MODE}`. Resuming "
                     "runs the checklist; `override: true` resumes anyway and is recorded.",
@@ -249,7 +286,7 @@ class MonitorView(ConsoleAPIView):
 
     @extend_schema(
         operation_id="monitor_retrieve",
-        responses={200: MonitorSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN},
+        responses={200: MonitorSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN, 429: THROTTLED},
         description=f"The monitor's heartbeat: last cycle, its age and whether it is stale (no cycle finished "
                     f"within 2 x MONITOR_INTERVAL_SECONDS). Needs `{perms.VIEW_MONITOR}`.",
     )
