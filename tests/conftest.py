@@ -5,6 +5,14 @@ from tests.paper_exchange_fixtures import *  # noqa: F401,F403
 from trading.services import trading_state_set
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle counts and the like never carry over from one test to the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def active(db):
     """Trading resumed: new entries allowed."""

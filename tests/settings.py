@@ -22,3 +22,5 @@ else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_catalyst_{os.getpid()}"}  # noqa: F405
 
 AXES_ENABLED = False  # the login-throttling test switches it on
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

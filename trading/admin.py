@@ -131,8 +131,10 @@ def console_status() -> dict:
 
 
 def console_index(request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-    """The admin index with the console status (mounted over admin:index in catalyst/urls.py)."""
-    return admin.site.index(request, extra_context={**console_status(), **(extra_context or {})})
+    """The admin index with the console status (mounted over admin:index in catalyst/urls.py),
+    for those allowed to see positions; other staff get the plain index."""
+    status = console_status() if request.user.has_perm("trading.view_position") else {}
+    return admin.site.index(request, extra_context={**status, **(extra_context or {})})
 
 
 def _tokens(request: HttpRequest) -> list[str]:

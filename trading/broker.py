@@ -133,9 +133,15 @@ class Clock:
 
 
 class _TimeoutSession(requests.Session):
+    """alpaca-py's session with a timeout on every request, and a connection pool sized
+    for the threads (web workers, monitors) that share one client."""
+
     def __init__(self, timeout: float):
         super().__init__()
         self._timeout = timeout
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=64)
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
 
     def request(self, method, url, **kwargs):
         kwargs.setdefault("timeout", self._timeout)

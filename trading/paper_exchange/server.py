@@ -301,6 +301,7 @@ def make_handler(state: ExchangeState, verbose: bool = False):
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # many clients at once (load tests, benchmarks) must queue, not be reset
 
 
 class PaperExchangeServer:
