@@ -1,0 +1,422 @@
+"""`python -m bench`: seed a fresh database, run the monitor and the console against the paper
+exchange over HTTP, print tables.
+
+    python -m bench                               # SQLite, then PostgreSQL; 100, 1,000, 10,000 positions
+    python -m bench --db sqlite --quick           # a fast smoke run (100 positions, small admin/API runs)
+    python -m bench --sizes 100,1000 --db postgres
+    python -m bench --write-docs                  # also write docs/bench-results.md
+
+Per database: a fresh database (var/bench/catalyst_bench.sqlite3, or PostgreSQL `catalyst_bench`
+on 127.0.0.1, dropped and created), `manage.py migrate`, a paper exchange in its own process
+on 127.0.0.1, then bench.suite in a child process (Django settings are per process). Every
+process started is stopped at the end, also on Ctrl-C or an error; the bench database is
+removed at the end unless --keep-db.
+
+It is a benchmark, not a test: it prints figures and the targets they meet or miss, and exits
+0 whatever the times (non-zero only when the bench itself could not run).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import procs
+
+ROOT = procs.ROOT
+BENCH_VAR = ROOT / "var" / "bench"
+SQLITE_PATH = BENCH_VAR / "catalyst_bench.sqlite3"
+PG_DB = "catalyst_bench"
+DOCS = ROOT / "docs" / "bench-results.md"
+
+# Settings the bench must control; anything else comes from the caller's environment.
+CLEARED = ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "ALPACA_TRADING_URL", "ALPACA_DATA_URL", "ALERT_WEBHOOK_URL",
+           "ALERT_EMAIL_TO", "REDIS_URL", "MONITOR_INTERVAL_SECONDS", "MONITOR_MARKET_HOURS_ONLY",
+           "BROKER_QUOTE_BATCH_SIZE", "DATABASE_CONN_MAX_AGE", "MONITOR_EXIT_FILL_WAIT_SECONDS")
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def base_env(database_url: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    env.update(
+        DATABASE_URL=database_url,
+        DJANGO_SETTINGS_MODULE="catalyst.settings",
+        DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY="bench-only-secret-key-not-for-production-0123456789abcdef",
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,testserver",
+        DJANGO_SECURE_SSL_REDIRECT="false",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+# --- Databases --------------------------------------------------------------------------------------
+
+
+def _pg_admin(pg_base: str):
+    import psycopg
+
+    return psycopg.connect(f"{pg_base}/postgres", autocommit=True)
+
+
+def db_create(kind: str, pg_base: str) -> str:
+    if kind == "sqlite":
+        BENCH_VAR.mkdir(parents=True, exist_ok=True)
+        db_remove(kind, pg_base)
+        return f"sqlite:///{SQLITE_PATH}"
+    with _pg_admin(pg_base) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{PG_DB}"')
+    return f"{pg_base}/{PG_DB}"
+
+
+def db_remove(kind: str, pg_base: str) -> None:
+    if kind == "sqlite":
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{SQLITE_PATH}{suffix}").unlink(missing_ok=True)
+        return
+    with _pg_admin(pg_base) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+
+
+def migrate(env: dict) -> float:
+    started = time.perf_counter()
+    with open(BENCH_VAR / f"migrate-{env.get('BENCH_DB', 'db')}.log", "wb") as out:
+        subprocess.run([procs.PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True,
+                       stdout=out)
+    return time.perf_counter() - started
+
+
+# --- One database ---------------------------------------------------------------------------------------
+
+
+def run_database(kind: str, args) -> dict:
+    url = db_create(kind, args.pg_url)
+    log(f"{kind}: fresh database {url}")
+    exchange = None
+    try:
+        env = base_env(url)
+        env["BENCH_DB"] = kind
+        log(f"{kind}: migrate ({migrate(env):.1f}s)")
+        exchange, exchange_url = procs.start_exchange(env, BENCH_VAR / f"exchange-{kind}.log")
+        env["PAPER_EXCHANGE_URL"] = exchange_url
+        log(f"{kind}: paper exchange at {exchange_url}")
+        out = BENCH_VAR / f"results-{kind}.json"
+        out.unlink(missing_ok=True)
+        child_log = BENCH_VAR / f"suite-{kind}.log"
+        command = [procs.PYTHON, "-m", "bench.suite", "--out", str(out), "--sizes", ",".join(map(str, args.sizes)),
+                   "--latency", args.latency, "--admin-rows", str(args.admin_rows),
+                   "--api-requests", str(args.api_requests), "--api-clients", str(args.api_clients),
+                   "--api-workers", str(args.api_workers), "--skip", args.skip]
+        if args.profile:
+            command.append("--profile")
+        with open(child_log, "wb") as stdout:  # the monitor's log lines; progress goes to stderr
+            child = procs.start(command, env=env, stdout=stdout)
+        code = child.wait()
+        procs.stop(child)
+        results = json.loads(out.read_text()) if out.exists() else {"db": kind}
+        results["exit_code"] = code
+        results["suite_log"] = str(child_log)
+        if code:
+            log(f"{kind}: the suite exited with {code}; partial results kept. See {child_log}")
+        return results
+    finally:
+        if exchange is not None:
+            procs.stop(exchange)
+        if not args.keep_db:
+            db_remove(kind, args.pg_url)
+
+
+# --- Reporting ---------------------------------------------------------------------------------------------
+
+
+def ms(seconds) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f}"
+
+
+def sec(seconds) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}"
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(results: dict) -> str:
+    kind = results.get("db")
+    parts = [f"### {kind} ({results.get('vendor', '?')} {results.get('server_version', '')})"]
+    sizes = results.get("sizes", {})
+    if sizes:
+        rows = []
+        for n, s in sizes.items():
+            idle, trig, once = s.get("idle", {}), s.get("trigger", {}), s.get("once", {})
+            exits = trig.get("exits") or 0
+            extra_q = (trig.get("queries", 0) - idle.get("queries", 0)) / exits if exits else None
+            rows.append([
+                f"{int(n):,}", s["seed"]["symbols"],
+                ms(idle.get("wall")), ms(idle.get("cpu")), ms(idle.get("http")), idle.get("queries", "-"),
+                idle.get("requests", "-"),
+                f"{exits}/{trig.get('expected_exits', '?')}", ms(trig.get("to_last_exit")), ms(trig.get("wall")),
+                trig.get("queries", "-"), "-" if extra_q is None else f"{extra_q:.1f}", trig.get("requests", "-"),
+                f"{once.get('maxrss_kb', 0) / 1024:.0f}" if once.get("maxrss_kb") else "-",
+            ])
+        parts.append("**Monitor cycle** (idle = nothing to do, median of 3 after a warm-up; trigger = 10% of positions "
+                     "cross their stop; CPU = the monitor process's own CPU time, HTTP = time inside broker calls)\n")
+        parts.append(table(["positions", "symbols", "idle wall ms", "idle CPU ms", "idle HTTP ms", "idle queries",
+                            "idle requests", "exits sent", "trigger: start→last exit ms", "trigger cycle ms",
+                            "trigger queries", "queries/exit", "trigger requests", "runmonitor --once peak RSS MB (start-up housekeeping + 1 cycle)"],
+                           rows))
+        kinds = []
+        for n, s in sizes.items():
+            idle, trig = s.get("idle", {}), s.get("trigger", {})
+            kinds.append([f"{int(n):,}", ", ".join(f"{k} ×{v}" for k, v in sorted(idle.get("request_kinds", {}).items())),
+                          ", ".join(f"{k} ×{v}" for k, v in sorted(trig.get("request_kinds", {}).items()))])
+        parts.append("\n**Broker requests per cycle**\n")
+        parts.append(table(["positions", "idle cycle", "trigger cycle"], kinds))
+        hk_rows = []
+        for n, s in sizes.items():
+            hk = s.get("housekeeping")
+            if hk:
+                for label in ("first", "steady"):
+                    r = hk[label]
+                    hk_rows.append([f"{int(n):,}", label, ms(r["wall"]), ms(r["cpu"]), ms(r["http"]), r["queries"],
+                                    r["requests"], ", ".join(f"{k} ×{v}" for k, v in sorted(r["request_kinds"].items()))])
+        if hk_rows:
+            parts.append("\n**Housekeeping** (`risk.services._housekeeping`: reconciliation + protection audit, run by "
+                         "runmonitor at start-up and every RECONCILE_EVERY_N_CYCLES cycles; in-process, policy `alert`; "
+                         "first = every seeded position alerted as unprotected, steady = the next run)\n")
+            parts.append(table(["positions", "run", "wall ms", "CPU ms", "HTTP ms", "queries", "requests",
+                                "request kinds"], hk_rows))
+        lat_rows = []
+        for n, s in sizes.items():
+            for lat in s.get("latency", []):
+                samples = lat.get("samples") or []
+                lat_rows.append([f"{int(n):,}", f"{lat['interval']:g} s", len(samples) + lat.get("misses", 0),
+                                 sec(lat.get("median")), sec(lat.get("max")), lat.get("misses", 0),
+                                 ", ".join(f"{x:.2f}" for x in samples)])
+        if lat_rows:
+            parts.append("\n**Detection latency** (`manage.py runmonitor --interval I` as a process; quote crosses a stop "
+                         "at a random moment; until the exit order reaches the exchange)\n")
+            parts.append(table(["positions", "interval", "samples", "median s", "max s", "missed", "all samples s"],
+                               lat_rows))
+    for label, key in (("before the bulk seed", "admin_small"), (f"{results.get('admin_rows_total', 0):,} positions "
+                                                                  f"({results.get('admin_seed', {}).get('rows', 0):,} closed)", "admin")):
+        pages = results.get(key)
+        if not pages:
+            continue
+        rows = [[name, p["status"], ms(p["median"]), p["queries"], ms(p["db"]), f"{p['bytes'] / 1024:,.0f}"]
+                for name, p in pages.items()]
+        parts.append(f"\n**Admin pages, {label}** (test Client as a superuser, DEBUG off, warm-up then median of 3)\n")
+        parts.append(table(["page", "status", "render ms", "queries", "SQL ms", "KiB"], rows))
+    seed = results.get("admin_seed")
+    if seed:
+        parts.append(f"\nSeeded {seed['rows']:,} closed positions with {seed['method']} in {seed['insert_seconds']:.1f} s "
+                     f"(+ ANALYZE {seed['analyze_seconds']:.1f} s).")
+    api = results.get("api")
+    if api:
+        parts.append(f"\n**API** `POST /api/v1/orders/test`, gunicorn ×{api['workers']} sync workers, DEBUG off, "
+                     f"{api['clients']} concurrent clients, one user; DRF throttle rates raised (bench.api_settings), "
+                     "market entries on 20 symbols\n")
+        parts.append(table(["requests", "seconds", "req/s", "p50 ms", "p95 ms", "max ms", "errors", "statuses"],
+                           [[api["requests"], f"{api['seconds']:.1f}", f"{api['rps']:.1f}" if api["rps"] else "-",
+                             ms(api["p50"]), ms(api["p95"]), ms(api["max"]), api["errors"],
+                             ", ".join(f"{k}×{v}" for k, v in api["statuses"].items())]]))
+        if api.get("error_samples"):
+            parts.append("\nFirst errors: " + "; ".join(api["error_samples"]))
+    elif results.get("sizes") is not None and "api" not in results:
+        parts.append("\n**API**: not measured (skipped or the suite stopped early).")
+    if sizes:
+        biggest = max(sizes, key=int)
+        trig = sizes[biggest].get("trigger", {})
+        if trig.get("query_kinds"):
+            parts.append(f"\nQueries of the trigger cycle at {int(biggest):,} positions, by statement and table: "
+                         + ", ".join(f"{k} ×{v}" for k, v in trig["query_kinds"].items()))
+    if sizes:
+        biggest = max(sizes, key=int)
+        for what, figures in (("trigger cycle", sizes[biggest].get("trigger", {})),
+                              ("steady housekeeping", sizes[biggest].get("housekeeping", {}).get("steady", {}))):
+            if figures.get("top_sql"):
+                parts.append(f"\nSlowest statements of the {what} at {int(biggest):,} positions (total ms × count):\n")
+                parts += [f"- {q['ms']:,} ms × {q['count']:,}: `{' '.join(q['sql'].split())[:160]}…`"
+                          for q in figures["top_sql"][:4]]
+    for n, s in sizes.items():
+        for key, what in (("profile_idle", "one idle cycle"), ("profile_trigger", "one cycle exiting 5 symbols' positions")):
+            if s.get(key):
+                parts.append(f"\n<details><summary>cProfile of {what} at {int(n):,} positions</summary>\n\n```\n"
+                             + _trim_profile(s[key]) + "\n```\n</details>")
+    return "\n".join(parts)
+
+
+def _trim_profile(text: str, width: int = 150) -> str:
+    lines = [line.replace(str(ROOT) + "/", "").replace(".venv/lib/python3.12/site-packages/", "")[:width]
+             for line in text.splitlines()]
+    return "\n".join(line for line in lines if line.strip())[:7000]
+
+
+def targets(results: dict) -> str:
+    """Each target, met or missed, with the numbers behind it."""
+    kind = results.get("db")
+    sizes = results.get("sizes", {})
+    lines = [f"**Targets ({kind})**\n"]
+    if sizes:
+        idle_q = {int(n): s["idle"]["queries"] for n, s in sizes.items() if "idle" in s}
+        flat = len(set(idle_q.values())) == 1
+        lines.append(f"- Idle-cycle queries constant in positions: **{'MET' if flat else 'MISSED'}** "
+                     f"({', '.join(f'{n:,}: {q}' for n, q in idle_q.items())})")
+        per_exit = {}
+        for n, s in sizes.items():
+            trig, idle = s.get("trigger", {}), s.get("idle", {})
+            if trig.get("exits"):
+                per_exit[int(n)] = (trig["queries"] - idle["queries"]) / trig["exits"]
+        if per_exit:
+            spread = max(per_exit.values()) - min(per_exit.values())
+            linear = spread <= 0.1 * max(per_exit.values()) + 1
+            lines.append(f"- Trigger-cycle queries at most linear in exits: **{'MET' if linear else 'MISSED'}** "
+                         f"(extra queries per exit: {', '.join(f'{n:,}: {q:.1f}' for n, q in per_exit.items())})")
+        from math import ceil
+
+        req_ok, req_txt = True, []
+        for n, s in sizes.items():
+            batches = ceil(s["seed"]["symbols"] / 200)
+            got = s["idle"]["requests"]
+            req_ok &= got == 1 + batches
+            req_txt.append(f"{int(n):,}: {got} (expected 1 + {batches})")
+        lines.append(f"- Broker requests per idle cycle = 1 clock + 1 per quote batch: **{'MET' if req_ok else 'MISSED'}** "
+                     f"({', '.join(req_txt)})")
+        biggest = max(sizes, key=int)
+        idle = sizes[biggest]["idle"]
+        own = idle["wall"] - idle["http"]
+        lines.append(f"- No-action cycle over {int(biggest):,} positions well under 1 s of the monitor's own time: "
+                     f"**{'MET' if own < 0.5 else 'MISSED'}** (wall {ms(idle['wall'])} ms, of which {ms(idle['http'])} ms "
+                     f"waiting on the broker; own {ms(own)} ms, process CPU {ms(idle['cpu'])} ms)")
+    admin, small = results.get("admin"), results.get("admin_small")
+    if admin:
+        fixed = all(small and small.get(name, {}).get("queries") == p["queries"] for name, p in admin.items())
+        lines.append(f"- Admin pages: fixed number of queries, whatever the rows: **{'MET' if fixed else 'MISSED'}** ("
+                     + ", ".join(f"{name}: {small.get(name, {}).get('queries', '?') if small else '?'} → {p['queries']}"
+                                 for name, p in admin.items()) + ")")
+        slow = {name: p["median"] for name, p in admin.items() if p["median"] >= 1}
+        lines.append(f"- Admin pages render under 1 s at {results.get('admin_rows_total', 0):,} rows: "
+                     f"**{'MET' if not slow else 'MISSED'}** (" + ", ".join(f"{name}: {ms(p['median'])} ms"
+                                                                          for name, p in admin.items()) + ")")
+    return "\n".join(lines)
+
+
+def machine(args, dbs_results: list[dict], elapsed: float) -> str:
+    import django
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    free = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.strip() if shutil.which("free") else "?"
+    try:
+        import gunicorn
+
+        gunicorn_version = gunicorn.__version__
+    except ImportError:
+        gunicorn_version = "not installed"
+    versions = ", ".join(f"{r.get('db')}: {r.get('server_version', '?')}" for r in dbs_results)
+    return "\n".join([
+        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- Command: `{' '.join(['python -m bench'] + sys.argv[1:])}` (took {elapsed / 60:.1f} min)",
+        f"- CPU: {cpu}, nproc {os.cpu_count()}",
+        f"- Python {platform.python_version()}, Django {django.get_version()}, gunicorn {gunicorn_version}, {versions}",
+        "- Memory (`free -h`):\n\n```\n" + free + "\n```",
+    ])
+
+
+NOTES_MARKER = "<!-- bench: the notes below are written by hand and kept when the tables above are rewritten -->"
+
+
+def write_docs(text: str, path: Path) -> None:
+    """Write the tables; hand-written notes after NOTES_MARKER in the existing file are kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else NOTES_MARKER + "\n"
+    path.write_text(text + "\n\n" + notes)
+    log(f"wrote {path}")
+
+
+DOC_HEADER = """# Benchmark results (issue 7)
+
+Produced by `python -m bench` (see `bench/run.py` for what each figure is and how it is measured).
+A benchmark, not a test: these are the latest figures from one machine, not limits.
+
+How: a fresh database per engine (SQLite file in `var/bench/`, PostgreSQL database `catalyst_bench`),
+migrated; the paper exchange in its own process on 127.0.0.1, over HTTP; positions spread over up
+to 500 symbols, 10 shares each, the broker holding each symbol's total. Monitor cycles run
+in-process (`risk.services.monitor_cycle`), queries counted with a `connection.execute_wrapper` (an unbounded `CaptureQueriesContext`), broker
+requests from the exchange's request log; detection latency and peak memory with
+`manage.py runmonitor` as a real process; admin pages with Django's test Client; the API with
+gunicorn and 8 client threads. DEBUG is off everywhere.
+"""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--sizes", default=None, help="open positions per run, e.g. 100,1000,10000 (the default)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fast smoke run: 100 positions, 20,000 closed rows, 80 API requests, short latency runs")
+    parser.add_argument("--latency", default=None, help="runmonitor interval:samples pairs (default 1:5,30:2)")
+    parser.add_argument("--admin-rows", type=int, default=None, help="closed positions for the admin pages (1,000,000)")
+    parser.add_argument("--api-requests", type=int, default=None, help="test orders sent to the API (400)")
+    parser.add_argument("--api-clients", type=int, default=8)
+    parser.add_argument("--api-workers", type=int, default=2 * (os.cpu_count() or 1) + 1, help="gunicorn workers")
+    parser.add_argument("--skip", default="", help="comma list of: latency, admin, api")
+    parser.add_argument("--profile", action="store_true", help="cProfile one idle cycle at the largest size")
+    parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432",
+                        help="PostgreSQL server (no database name); the bench uses database catalyst_bench")
+    parser.add_argument("--keep-db", action="store_true", help="leave the bench database(s) in place at the end")
+    parser.add_argument("--write-docs", nargs="?", const=str(DOCS), default=None, metavar="PATH",
+                        help=f"also write the tables to PATH (default {DOCS.relative_to(ROOT)})")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.sizes = [int(s) for s in (args.sizes or ("100" if quick else "100,1000,10000")).split(",") if s.strip()]
+    args.latency = args.latency or ("1:3,30:1" if quick else "1:5,30:2")
+    args.admin_rows = args.admin_rows if args.admin_rows is not None else (20_000 if quick else 1_000_000)
+    args.api_requests = args.api_requests if args.api_requests is not None else (80 if quick else 400)
+    if not args.pg_url.startswith(("postgres://", "postgresql://")) or "@127.0.0.1" not in args.pg_url:
+        parser.error("--pg-url must be a postgres:// URL on 127.0.0.1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.chdir(ROOT)
+    BENCH_VAR.mkdir(parents=True, exist_ok=True)
+    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    started = time.perf_counter()
+    collected = []
+    try:
+        for kind in dbs:
+            run_started = time.perf_counter()
+            collected.append(run_database(kind, args))
+            log(f"{kind}: finished in {(time.perf_counter() - run_started) / 60:.1f} min")
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything started")
+        return 130
+    finally:
+        procs.stop_all()
+    elapsed = time.perf_counter() - started
+    body = [machine(args, collected, elapsed)]
+    for results in collected:
+        body += ["", report(results), "", targets(results)]
+    text = "\n".join(body)
+    print(text)
+    if args.write_docs:
+        write_docs(DOC_HEADER + "\n## Machine\n\n" + text, Path(args.write_docs))
+    return 1 if any(r.get("exit_code") for r in collected) else 0
