@@ -252,15 +252,15 @@ def _progress(position: Position) -> CloseOutcome:
     if cancelled:
         event_record(kind=RiskEventKind.LEGS_CANCELLED, position=position,
                      message=", ".join(f"{o.role} {o.broker_order_id}: {o.status}" for o in cancelled))
-    orders = _orders(position)
-    still_live = [o for o in orders if o.role != OrderRole.EXIT and not o.is_final]
-    if still_live:
-        return CloseOutcome(position, "waiting", f"{len(still_live)} orders not yet cancelled")
-    # A leg may have filled while it was being cancelled: ask again before exiting.
-    remaining = _filled_entry_qty(position, orders) - _closed_qty(orders)
-    held = min(remaining, _held_at_broker(position)) if remaining > 0 else Decimal("0")
-    if held <= 0:
-        return _finalize(position, orders)
+        orders = _orders(position)
+        still_live = [o for o in orders if o.role != OrderRole.EXIT and not o.is_final]
+        if still_live:
+            return CloseOutcome(position, "waiting", f"{len(still_live)} orders not yet cancelled")
+        # A leg may have filled while it was being cancelled: ask again before exiting.
+        remaining = _filled_entry_qty(position, orders) - _closed_qty(orders)
+        held = min(remaining, _held_at_broker(position)) if remaining > 0 else Decimal("0")
+        if held <= 0:
+            return _finalize(position, orders)
 
     try:
         exit_order = exit_submit(position=position, qty=held)
@@ -517,16 +517,40 @@ def _deliver_pending_alerts(deliver) -> None:
         close_old_connections()
 
 
+_housekeeper: threading.Thread | None = None
+
+
+def _housekeeping_in_background() -> None:
+    """Housekeeping beside the cycles, not in front of them: with thousands of positions a
+    reconciliation takes seconds, and detection must not wait for it. One at a time."""
+    global _housekeeper
+    if _housekeeper is not None and _housekeeper.is_alive():
+        return
+
+    def run():
+        try:
+            _housekeeping()
+        except Exception:  # a thread must not die silently; the next run tries again
+            log.exception("housekeeping failed")
+        finally:
+            close_old_connections()
+
+    _housekeeper = threading.Thread(target=run, name="housekeeping", daemon=True)
+    _housekeeper.start()
+
+
 def _housekeeping_due() -> bool:
     cycles = Heartbeat.objects.filter(name=MONITOR).values_list("cycles", flat=True).first() or 0
     return cycles % settings.RECONCILE_EVERY_N_CYCLES == 0
 
 
-def monitor_tick(*, holder: str, keep_lease: bool = False, housekeeping: bool | None = None) -> CycleResult | None:
+def monitor_tick(*, holder: str, keep_lease: bool = False, housekeeping: bool | None = None,
+                 background: bool = False) -> CycleResult | None:
     """Run one cycle if this holder gets the monitor lease; None when another holds it.
 
-    Reconciliation and the protection audit run first when `housekeeping` is True (a
-    monitor starting up) or, by default, every RECONCILE_EVERY_N_CYCLES cycles.
+    Reconciliation and the protection audit run when `housekeeping` is True (a monitor
+    starting up) or, by default, every RECONCILE_EVERY_N_CYCLES cycles: before the cycle,
+    or beside it in a thread when `background` (the long-running `runmonitor` loop).
     """
     span = max(settings.MONITOR_LEASE_SECONDS, 2 * settings.MONITOR_INTERVAL_SECONDS)
     if not connection.in_atomic_block:
@@ -540,7 +564,7 @@ def monitor_tick(*, holder: str, keep_lease: bool = False, housekeeping: bool | 
     try:
         try:
             if housekeeping or (housekeeping is None and _housekeeping_due()):
-                _housekeeping()
+                _housekeeping_in_background() if background else _housekeeping()
         except DatabaseError as exc:
             event_record(kind=RiskEventKind.ERROR, reason="housekeeping failed", message=f"{type(exc).__name__}: {exc}")
         return monitor_cycle(owner=holder)

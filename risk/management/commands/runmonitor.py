@@ -53,7 +53,8 @@ class Command(BaseCommand):
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    result = monitor_tick(holder=holder, keep_lease=True, housekeeping=True if first else None)
+                    result = monitor_tick(holder=holder, keep_lease=True, housekeeping=True if first else None,
+                                          background=True)
                     first = first and result is None  # start-up housekeeping happens on the first cycle run
                 except Exception as exc:  # the loop outlives any single failure
                     self.stderr.write(f"cycle failed: {type(exc).__name__}: {exc}")
