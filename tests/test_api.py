@@ -406,3 +406,11 @@ def test_monitor_heartbeat_age_and_staleness(api, settings):
 def test_swagger_ui_is_served_to_authenticated_users(api):
     assert api.get("/api/docs/").status_code == 200
     assert _https_client().get("/api/docs/").status_code == 401
+
+
+def test_swagger_ui_is_served_without_a_cdn(api):
+    response = api.get("/api/docs/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "drf_spectacular_sidecar/swagger-ui-dist" in page
+    assert "cdn." not in page and "unpkg" not in page
