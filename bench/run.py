@@ -19,6 +19,7 @@ It is a benchmark, not a test: it prints figures and the targets they meet or mi
 import argparse
 import json
 import os
+import signal
 import platform
 import shutil
 import subprocess
@@ -394,7 +395,12 @@ def parse_args(argv):
     return args
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops the bench like Ctrl-C: every process it started is stopped
+
+
 def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.chdir(ROOT)
     BENCH_VAR.mkdir(parents=True, exist_ok=True)

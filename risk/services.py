@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -333,23 +334,41 @@ def position_close(*, position: Position, reason: str, owner: str | None = None,
         position.refresh_from_db()
         return CloseOutcome(position, "skipped", f"already {position.status}")
     event_record(kind=RiskEventKind.CLAIMED, position=position, price=price, quote_time=quote_time, reason=reason)
-    _closing_unlock(position_id=position.pk, owner=owner)
     return _await_exits([_step(position.pk, owner)], owner)[0]
 
 
 def positions_close(*, positions: list[Position], reason: str, owner: str | None = None) -> list[CloseOutcome]:
     """Close many positions: every exit is sent first, then the fills are awaited together."""
     owner = owner or f"close-{uuid.uuid4().hex[:12]}"
-    outcomes = []
+    skipped, claimed = [], []
     for position in positions:
-        if not position_claim(position_id=position.pk, reason=reason, owner=owner):
+        if position_claim(position_id=position.pk, reason=reason, owner=owner):
+            event_record(kind=RiskEventKind.CLAIMED, position=position, reason=reason)
+            claimed.append(position.pk)
+        else:
             position.refresh_from_db()
-            outcomes.append(CloseOutcome(position, "skipped", f"already {position.status}"))
-            continue
-        event_record(kind=RiskEventKind.CLAIMED, position=position, reason=reason)
-        _closing_unlock(position_id=position.pk, owner=owner)
-        outcomes.append(_step(position.pk, owner))
-    return _await_exits(outcomes, owner)
+            skipped.append(CloseOutcome(position, "skipped", f"already {position.status}"))
+    outcomes = skipped + _await_exits(_steps(claimed, owner), owner)
+    order = {p.pk: i for i, p in enumerate(positions)}
+    return sorted(outcomes, key=lambda o: order[o.position.pk])
+
+
+def _steps(position_ids: list[int], owner: str) -> list[CloseOutcome]:
+    """Work claimed positions side by side (MONITOR_CLOSE_WORKERS threads), so when many
+    cross at once the last exit doesn't wait for every other one's round trips. Inside a
+    transaction (other connections couldn't see its rows) they are worked one by one."""
+    workers = min(settings.MONITOR_CLOSE_WORKERS, len(position_ids))
+    if workers <= 1 or connection.in_atomic_block:
+        return [_step(pk, owner) for pk in position_ids]
+
+    def work(pk: int) -> CloseOutcome:
+        try:
+            return _step(pk, owner)
+        finally:
+            connection.close()  # the worker thread's own connection
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="close") as pool:
+        return list(pool.map(work, position_ids))
 
 
 def closings_progress(*, owner: str) -> list[CloseOutcome]:
@@ -414,16 +433,15 @@ def _check_positions(result: CycleResult, owner: str) -> None:
             by_reason[event.reason] = by_reason.get(event.reason, 0) + 1
         _log_line({"event": "skipped", "count": len(skipped), "reasons": by_reason})
         result.skipped = len(skipped)
-    outcomes = []
+    claimed = []
     for position, reason, quote in triggered:
-        if not position_claim(position_id=position.pk, reason=reason, owner=owner):
-            continue
-        event_record(kind=RiskEventKind.TRIGGERED, position=position, price=quote.price, quote_time=quote.time,
-                     reason=reason, message=f"price {quote.price} vs stop {position.stop_loss} / target {position.take_profit}")
-        result.actions += 1
-        _closing_unlock(position_id=position.pk, owner=owner)
-        outcomes.append(_step(position.pk, owner))
-    result.outcomes.extend(_await_exits(outcomes, owner))
+        if position_claim(position_id=position.pk, reason=reason, owner=owner):
+            event_record(kind=RiskEventKind.TRIGGERED, position=position, price=quote.price, quote_time=quote.time,
+                         reason=reason,
+                         message=f"price {quote.price} vs stop {position.stop_loss} / target {position.take_profit}")
+            claimed.append(position.pk)
+    result.actions += len(claimed)
+    result.outcomes.extend(_await_exits(_steps(claimed, owner), owner))
 
 
 def monitor_cycle(*, owner: str | None = None) -> CycleResult:
