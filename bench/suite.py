@@ -75,8 +75,9 @@ def crossing_quote(symbol: str) -> dict:
 
 
 class QueryCounter:
-    """Every query the code runs on the default connection, with its time. Like Django's
-    CaptureQueriesContext but unbounded (that one keeps only the last 9,000 queries)."""
+    """Every query the code runs, on the default connection and on those its worker threads
+    open, with its time. Like Django's CaptureQueriesContext but unbounded (that one keeps only
+    the last 9,000 queries) and across threads."""
 
     def __init__(self):
         self.queries: list[tuple[str, float]] = []
@@ -90,12 +91,22 @@ class QueryCounter:
 
     def __enter__(self):
         from django.db import connection
+        from django.db.backends.signals import connection_created
 
         self._cm = connection.execute_wrapper(self)
         self._cm.__enter__()
+        # the monitor works many positions in worker threads, each on its own connection
+        connection_created.connect(self._watch, dispatch_uid=f"bench-{id(self)}")
         return self
 
+    def _watch(self, sender, connection, **kwargs):
+        if self not in connection.execute_wrappers:
+            connection.execute_wrappers.append(self)
+
     def __exit__(self, *exc):
+        from django.db.backends.signals import connection_created
+
+        connection_created.disconnect(dispatch_uid=f"bench-{id(self)}")
         self._cm.__exit__(*exc)
 
     def top(self, n: int = 6) -> list[dict]:
