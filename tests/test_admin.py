@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from risk.models import Alert, Heartbeat, RiskEvent
+from tests.helpers import exit_posts, open_bracket
 from trading.models import (
     CloseReason,
     Order,
@@ -63,21 +64,6 @@ def exchange(paper_exchange):
     paper_exchange.control.set_quote("AAPL", "149.99", "150.01")
     paper_exchange.control.set_quote("MSFT", "399.99", "400.01")
     return paper_exchange
-
-
-def _open(symbol: str = "AAPL", quantity: int = 10, side: str = "buy") -> Position:
-    if trading_state().mode != TradingMode.ACTIVE:
-        trading_state_set(mode="ACTIVE", reason="test")
-    stop, target = {"AAPL": ("140", "160"), "MSFT": ("390", "410")}[symbol]
-    if side == "sell":
-        stop, target = target, stop
-    return submit_bracket_order(symbol=symbol, quantity=quantity, side=side, stop_loss=stop, take_profit=target)
-
-
-def _exit_posts(exchange) -> list[dict]:
-    return [r for r in exchange.control.requests_log()
-            if r["method"] == "POST" and r["path"] == "/v2/orders"
-            and str((r["body"] or {}).get("client_order_id", "")).startswith("catalyst-exit-")]
 
 
 _seq = iter(range(1, 10**9))
@@ -171,7 +157,7 @@ def test_position_and_order_pages_cost_a_fixed_number_of_queries(operator):
 def test_positions_changelist_shows_pnl_protection_and_the_status(operator, exchange):
     Heartbeat.objects.create(name="monitor", finished_at=timezone.now(), positions_checked=7)
     _rows(2)
-    open_position = _open("AAPL")
+    open_position = open_bracket("AAPL")
     page = operator.get(CHANGELIST).content.decode()
     assert "-100.00" in page  # realised P&L of (140 - 150) x 10
     assert "Are we protected?" in page and "YES" in page
@@ -254,7 +240,7 @@ def _token(response) -> str:
 
 
 def test_flatten_confirmation_lists_what_will_happen(operator, exchange):
-    long, short, other = _open("AAPL"), _open("MSFT", side="sell"), _open("AAPL", quantity=3)
+    long, short, other = open_bracket("AAPL"), open_bracket("MSFT", side="sell"), open_bracket("AAPL", quantity=3)
 
     response = _action(operator, "flatten_selected", [long.pk, short.pk])
 
@@ -269,11 +255,11 @@ def test_flatten_confirmation_lists_what_will_happen(operator, exchange):
     assert "HALTED" in page and "EMERGENCY_STOP" in page
     # nothing happened yet
     assert Position.objects.filter(status=PositionStatus.OPEN).count() == 3
-    assert not _exit_posts(exchange) and trading_state().mode == TradingMode.ACTIVE
+    assert not exit_posts(exchange) and trading_state().mode == TradingMode.ACTIVE
 
 
 def test_flatten_selected_twice_sends_each_exit_once(operator, exchange):
-    long, short, keep = _open("AAPL"), _open("MSFT", side="sell"), _open("AAPL", quantity=3)
+    long, short, keep = open_bracket("AAPL"), open_bracket("MSFT", side="sell"), open_bracket("AAPL", quantity=3)
     token = _token(_action(operator, "flatten_selected", [long.pk, short.pk]))
 
     done = _action(operator, "flatten_selected", [long.pk, short.pk], confirmed="yes", token=token)
@@ -301,14 +287,14 @@ def test_flatten_selected_twice_sends_each_exit_once(operator, exchange):
     page = operator.get(skipped["Location"]).content.decode()
     assert page.count("skipped: already closed") == 2 and "Trading was already HALTED." in page
 
-    exits = _exit_posts(exchange)
+    exits = exit_posts(exchange)
     assert sorted(r["body"]["client_order_id"] for r in exits) == sorted(
         [f"catalyst-exit-{long.pk}-0", f"catalyst-exit-{short.pk}-0"])
     assert TradingStateChange.objects.filter(mode=TradingMode.HALTED).count() == 1
 
 
 def test_flatten_everything_needs_the_typed_word(operator, exchange):
-    long, short = _open("AAPL"), _open("MSFT", side="sell")
+    long, short = open_bracket("AAPL"), open_bracket("MSFT", side="sell")
 
     page = operator.get(CHANGELIST + "flatten/")
     assert page.status_code == 200
@@ -319,7 +305,7 @@ def test_flatten_everything_needs_the_typed_word(operator, exchange):
 
     wrong = operator.post(CHANGELIST + "flatten/", {"confirm": "flatten", "token": _token(page)})
     assert wrong.status_code == 200 and "Type FLATTEN" in wrong.content.decode()
-    assert not _exit_posts(exchange) and Position.objects.open().count() == 2
+    assert not exit_posts(exchange) and Position.objects.open().count() == 2
 
     token = _token(wrong)
     done = operator.post(CHANGELIST + "flatten/", {"confirm": "FLATTEN", "token": token})
@@ -330,11 +316,11 @@ def test_flatten_everything_needs_the_typed_word(operator, exchange):
 
     again = operator.post(CHANGELIST + "flatten/", {"confirm": "FLATTEN", "token": token})
     assert again.status_code == 302
-    assert len(_exit_posts(exchange)) == 2
+    assert len(exit_posts(exchange)) == 2
 
 
 def test_flattening_needs_the_permission_not_just_staff(viewer, exchange):
-    position = _open("AAPL")
+    position = open_bracket("AAPL")
     page = viewer.get(CHANGELIST).content.decode()
     assert "flatten_selected" not in page and "close_selected" not in page and "Flatten everything" not in page
 
@@ -343,12 +329,12 @@ def test_flattening_needs_the_permission_not_just_staff(viewer, exchange):
     assert viewer.get(CHANGELIST + "flatten/").status_code == 403
     assert viewer.post(CHANGELIST + "flatten/", {"confirm": "FLATTEN", "token": "x"}).status_code == 403
     position.refresh_from_db()
-    assert position.status == PositionStatus.OPEN and not _exit_posts(exchange)
+    assert position.status == PositionStatus.OPEN and not exit_posts(exchange)
     assert trading_state().mode == TradingMode.ACTIVE
 
 
 def test_manual_close_needs_its_permission_and_leaves_trading_alone(exchange):
-    position = _open("AAPL")
+    position = open_bracket("AAPL")
     flattener = _client(_user("flattener", VIEW_PERMS + ["trading.flatten_positions"]))
     assert _action(flattener, "close_selected", [position.pk]).status_code == 302  # not allowed: back to list
 
@@ -468,7 +454,7 @@ def test_protect_selected_replaces_a_cancelled_stop_with_an_oco(exchange):
     from trading import broker
 
     client = _client(_user("protector", VIEW_PERMS + ["trading.protect_positions"]))
-    position = _open()
+    position = open_bracket()
     stop_leg = position.orders.get(role="stop_loss")
     broker.cancel_order(stop_leg.broker_order_id)  # cancelled by hand at the broker
 
@@ -484,7 +470,7 @@ def test_protect_selected_replaces_a_cancelled_stop_with_an_oco(exchange):
 
 
 def test_protect_selected_needs_its_permission(viewer, exchange):
-    position = _open()
+    position = open_bracket()
     response = _action(viewer, "protect_selected", [position.pk])
     assert response.status_code == 200  # the changelist again: the action is not offered
     assert not [r for r in exchange.control.requests_log() if (r["body"] or {}).get("order_class") == "oco"]

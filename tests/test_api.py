@@ -11,8 +11,17 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from risk.models import Heartbeat
-from trading.models import Order, OrderRole, Position, PositionStatus, Protection, TradingMode, TradingStateChange
-from trading.services import submit_bracket_order, trading_state, trading_state_set
+from tests.helpers import exit_posts, open_bracket
+from trading.models import (
+    Order,
+    OrderRole,
+    Position,
+    PositionStatus,
+    Protection,
+    TradingMode,
+    TradingStateChange,
+)
+from trading.services import trading_state
 
 pytestmark = pytest.mark.django_db
 
@@ -59,21 +68,6 @@ def exchange(paper_exchange):
 @pytest.fixture
 def api():
     return _client(_user("operator", ALL_PERMS))
-
-
-def _open(symbol: str = "AAPL", quantity: int = 10, side: str = "buy") -> Position:
-    if trading_state().mode != TradingMode.ACTIVE:
-        trading_state_set(mode="ACTIVE", reason="test")
-    stop, target = {"AAPL": ("140", "160"), "MSFT": ("390", "410")}[symbol]
-    if side == "sell":
-        stop, target = target, stop
-    return submit_bracket_order(symbol=symbol, quantity=quantity, side=side, stop_loss=stop, take_profit=target)
-
-
-def _exit_posts(exchange) -> list[dict]:
-    return [r for r in exchange.control.requests_log()
-            if r["method"] == "POST" and r["path"] == "/v2/orders"
-            and str((r["body"] or {}).get("client_order_id", "")).startswith("catalyst-exit-")]
 
 
 # --- Authentication and permissions ------------------------------------------------------------
@@ -214,8 +208,8 @@ def test_test_order_refused_by_the_broker_is_a_502_without_secrets(exchange, api
 
 
 def test_positions_list_filters_and_shows_pnl(exchange, api):
-    aapl = _open("AAPL")
-    msft = _open("MSFT", side="sell")
+    aapl = open_bracket("AAPL")
+    msft = open_bracket("MSFT", side="sell")
     api.post("/api/v1/positions/flatten", {"confirm": "FLATTEN", "positions": [msft.pk]}, format="json")
 
     everything = api.get("/api/v1/positions").json()
@@ -234,7 +228,7 @@ def test_positions_list_filters_and_shows_pnl(exchange, api):
 
 def test_positions_list_pages_with_a_cursor(exchange, api):
     for _ in range(3):
-        _open("AAPL", quantity=1)
+        open_bracket("AAPL", quantity=1)
     first = api.get("/api/v1/positions", {"page_size": 2}).json()
     assert len(first["results"]) == 2 and first["next"]
     second = api.get(first["next"]).json()
@@ -247,7 +241,7 @@ def test_positions_list_bad_status_is_a_400(api):
 
 
 def test_order_detail_with_legs(exchange, api):
-    position = _open("AAPL")
+    position = open_bracket("AAPL")
     response = api.get(f"/api/v1/orders/{position.entry_order_id}")
     assert response.status_code == 200
     assert {leg["role"] for leg in response.json()["legs"]} == {"stop_loss", "take_profit"}
@@ -258,7 +252,7 @@ def test_order_detail_with_legs(exchange, api):
 
 
 def test_flatten_needs_the_confirmation(exchange, api):
-    position = _open("AAPL")
+    position = open_bracket("AAPL")
     for body in ({}, {"confirm": "flatten"}, {"confirm": "yes"}):
         response = api.post("/api/v1/positions/flatten", body, format="json")
         assert response.status_code == 400 and "confirm" in response.json()
@@ -266,11 +260,11 @@ def test_flatten_needs_the_confirmation(exchange, api):
     assert response.status_code == 400 and "positions" in response.json()
     position.refresh_from_db()
     assert position.status == PositionStatus.OPEN
-    assert not _exit_posts(exchange)
+    assert not exit_posts(exchange)
 
 
 def test_flatten_everything_twice_sends_each_exit_once(exchange, api):
-    long, short = _open("AAPL"), _open("MSFT", side="sell")
+    long, short = open_bracket("AAPL"), open_bracket("MSFT", side="sell")
 
     first = api.post("/api/v1/positions/flatten", {"confirm": "FLATTEN"}, format="json")
 
@@ -293,15 +287,15 @@ def test_flatten_everything_twice_sends_each_exit_once(exchange, api):
     (result,) = again.json()["results"]
     assert result["state"] == "skipped" and "already closed" in result["summary"]
 
-    exits = _exit_posts(exchange)
+    exits = exit_posts(exchange)
     assert sorted(r["body"]["client_order_id"] for r in exits) == sorted(
         [f"catalyst-exit-{long.pk}-0", f"catalyst-exit-{short.pk}-0"])
     assert {r["body"]["side"] for r in exits} == {"sell", "buy"}
     assert TradingStateChange.objects.filter(mode=TradingMode.HALTED).count() == 1
 
 
-def test_flatten_selected_leaves_the_others_open(exchange, api):
-    keep, close = _open("AAPL"), _open("MSFT")
+def test_flatten_selected_leaves_the_othersopen_bracket(exchange, api):
+    keep, close = open_bracket("AAPL"), open_bracket("MSFT")
     response = api.post("/api/v1/positions/flatten", {"confirm": "FLATTEN", "positions": [close.pk]}, format="json")
     assert response.status_code == 200
     assert [r["position"] for r in response.json()["results"]] == [close.pk]
@@ -361,7 +355,7 @@ def test_checklist_fails_on_a_test_bracket_without_legs_and_unprotected_or_old_p
     _fresh_heartbeat()
     exchange.control.add_fault("drop_legs", count=1)
     assert api.post("/api/v1/orders/test", GOOD_ORDER, format="json").status_code == 502
-    old = _open("MSFT")
+    old = open_bracket("MSFT")
     Position.objects.filter(pk=old.pk).update(opened_at=timezone.now() - timedelta(hours=100))
     items = {i["key"]: i for i in api.get("/api/v1/trading-state").json()["checklist"]["items"]}
     assert not items["test_bracket"]["ok"] and "0 legs" in items["test_bracket"]["detail"]

@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 from risk.models import Alert, RiskEvent
 from risk.protection import ProtectionPolicyError, default_levels, protection_audit
 from risk.reconcile import reconcile_run
+from tests.helpers import bracket, leg
 from trading import broker
 from trading.models import (
     CloseReason,
@@ -22,19 +23,8 @@ from trading.models import (
     PositionStatus,
     Protection,
 )
-from trading.services import submit_bracket_order
 
 pytestmark = pytest.mark.django_db
-
-
-def _bracket(**kwargs) -> Position:
-    spec = dict(symbol="AAPL", quantity=10, side="buy", stop_loss="140", take_profit="160")
-    spec.update(kwargs)
-    return submit_bracket_order(**spec)
-
-
-def _leg(position: Position, role: str) -> Order:
-    return position.entry_order.legs.get(role=role)
 
 
 def _posts(exchange) -> list[dict]:
@@ -48,7 +38,7 @@ def _writes(exchange) -> list[dict]:
 def _cancel_stop_by_hand(position: Position) -> None:
     """Cancel the stop leg at the broker, as someone would in Alpaca's dashboard (the
     target leg goes with it); the database is not told."""
-    broker.cancel_order(_leg(position, OrderRole.STOP_LOSS).broker_order_id)
+    broker.cancel_order(leg(position, OrderRole.STOP_LOSS).broker_order_id)
 
 
 def _price(value) -> Decimal:
@@ -56,7 +46,7 @@ def _price(value) -> Decimal:
 
 
 def test_a_bracket_with_its_legs_is_protected_and_nothing_is_sent(exchange, active):
-    position = _bracket()
+    position = bracket()
     exchange.control.clear_requests_log()
 
     (result,) = protection_audit()
@@ -69,7 +59,7 @@ def test_a_bracket_with_its_legs_is_protected_and_nothing_is_sent(exchange, acti
 
 
 def test_a_stop_leg_cancelled_by_hand_is_found_and_reprotected_with_an_oco(exchange, active):
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     exchange.control.clear_requests_log()
 
@@ -106,7 +96,7 @@ def test_a_stop_leg_cancelled_by_hand_is_found_and_reprotected_with_an_oco(excha
 
 
 def test_the_oco_stop_protects_until_it_fills_then_reconcile_closes_at_the_fill(exchange, active):
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     (result,) = protection_audit(policy="protect")
     stop_leg = result.order.legs.get()
@@ -118,9 +108,9 @@ def test_the_oco_stop_protects_until_it_fills_then_reconcile_closes_at_the_fill(
 
 
 def test_day_legs_expired_at_the_close_are_reprotected(exchange, active):
-    position = _bracket(time_in_force="day")
+    position = bracket(time_in_force="day")
     expired = exchange.control.expire_day_orders()
-    assert {_leg(position, r).broker_order_id for r in (OrderRole.STOP_LOSS, OrderRole.TAKE_PROFIT)} <= set(expired)
+    assert {leg(position, r).broker_order_id for r in (OrderRole.STOP_LOSS, OrderRole.TAKE_PROFIT)} <= set(expired)
     exchange.control.clear_requests_log()
 
     (result,) = protection_audit(policy="protect")
@@ -162,7 +152,7 @@ def test_default_levels_round_to_the_tick():
 
 
 def test_policy_flatten_exits_and_closes_emergency_stop(exchange, active):
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     exchange.control.clear_requests_log()
 
@@ -178,7 +168,7 @@ def test_policy_flatten_exits_and_closes_emergency_stop(exchange, active):
 
 
 def test_a_position_already_through_its_stop_is_exited_not_reprotected(exchange, active):
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     exchange.control.set_quote("AAPL", "138.00", "138.02")
     exchange.control.clear_requests_log()
@@ -194,7 +184,7 @@ def test_a_position_already_through_its_stop_is_exited_not_reprotected(exchange,
 
 
 def test_policy_alert_records_and_alerts_without_trading(exchange, active):
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     exchange.control.clear_requests_log()
 
@@ -213,7 +203,7 @@ def test_policy_alert_records_and_alerts_without_trading(exchange, active):
 
 
 def test_a_dry_run_changes_nothing(exchange, active):
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     exchange.control.set_position("MSFT", 5, "400")
     reconcile_run()  # adopts MSFT
@@ -235,7 +225,7 @@ def test_a_dry_run_changes_nothing(exchange, active):
 
 
 def test_a_position_flagged_for_review_is_not_traded(exchange, active):
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     Position.objects.filter(pk=position.pk).update(needs_review=True, review_note="reconcile mismatch: test")
     exchange.control.clear_requests_log()
@@ -264,7 +254,7 @@ def test_a_standalone_stop_at_the_broker_counts(exchange):
 
 def test_a_refused_oco_is_recorded_and_alerted(exchange, active, settings):
     settings.BROKER_RETRY_ATTEMPTS = 0
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     exchange.control.add_fault("reject", method="POST", path="/v2/orders")
 
@@ -279,8 +269,8 @@ def test_a_refused_oco_is_recorded_and_alerted(exchange, active, settings):
 
 
 def test_only_the_selected_positions_are_audited(exchange, active):
-    first = _bracket()
-    second = _bracket(symbol="MSFT", quantity=1, stop_loss="390", take_profit="410")
+    first = bracket()
+    second = bracket(symbol="MSFT", quantity=1, stop_loss="390", take_profit="410")
     _cancel_stop_by_hand(first)
     _cancel_stop_by_hand(second)
 
@@ -295,7 +285,7 @@ def test_a_bad_policy_is_refused(exchange):
 
 
 def test_the_command_prints_one_line_per_position(exchange, active):
-    position = _bracket()
+    position = bracket()
     _cancel_stop_by_hand(position)
     out = StringIO()
     call_command("protect", "--dry-run", "--policy", "protect", stdout=out)
@@ -314,8 +304,8 @@ def test_the_command_refuses_a_bad_policy(exchange):
         call_command("protect", "--policy", "yolo")
 
 
-def test_an_entry_still_working_is_left_to_its_bracket(exchange, active):
-    position = _bracket(entry_price="145")  # rests below the ask
+def test_an_entry_still_working_is_left_to_itsbracket(exchange, active):
+    position = bracket(entry_price="145")  # rests below the ask
     exchange.control.clear_requests_log()
     (result,) = protection_audit(policy="protect")
     assert result.action == "none" and "entry still working" in result.detail
@@ -324,8 +314,8 @@ def test_an_entry_still_working_is_left_to_its_bracket(exchange, active):
 
 
 def test_two_positions_in_one_symbol_each_count_their_own_legs(exchange, active):
-    first = _bracket(quantity=4)
-    second = _bracket(quantity=6)
+    first = bracket(quantity=4)
+    second = bracket(quantity=6)
     _cancel_stop_by_hand(first)
     exchange.control.clear_requests_log()
 

@@ -8,21 +8,19 @@ from django.core.management.base import CommandError
 
 from risk.models import Alert, Heartbeat, RiskEvent
 from risk.reconcile import UNEXPLAINED_NOTE, reconcile_run
+from tests.helpers import bracket, leg
 from trading import broker
-from trading.models import CloseReason, Order, OrderRole, OrderStatus, Position, PositionStatus, Protection
-from trading.services import submit_bracket_order
+from trading.models import (
+    CloseReason,
+    Order,
+    OrderRole,
+    OrderStatus,
+    Position,
+    PositionStatus,
+    Protection,
+)
 
 pytestmark = pytest.mark.django_db
-
-
-def _bracket(**kwargs) -> Position:
-    spec = dict(symbol="AAPL", quantity=10, side="buy", stop_loss="140", take_profit="160")
-    spec.update(kwargs)
-    return submit_bracket_order(**spec)
-
-
-def _leg(position: Position, role: str) -> Order:
-    return position.entry_order.legs.get(role=role)
 
 
 def _writes(exchange) -> list[dict]:
@@ -67,7 +65,7 @@ def test_a_broker_only_position_is_adopted_unprotected_with_an_event_and_an_aler
 
 
 def test_a_position_known_here_is_not_adopted_again(exchange, active):
-    _bracket()
+    bracket()
     report = reconcile_run()
     assert report.findings == []
     assert Position.objects.count() == 1
@@ -91,8 +89,8 @@ def test_an_entry_in_flight_blocks_adoption(exchange):
 
 
 def test_a_stop_leg_filled_while_the_monitor_was_down_closes_the_position_at_the_fill(exchange, active):
-    position = _bracket()
-    stop = _leg(position, OrderRole.STOP_LOSS)
+    position = bracket()
+    stop = leg(position, OrderRole.STOP_LOSS)
     exchange.control.fill_order(stop.broker_order_id, price="139.50")
 
     report = reconcile_run()
@@ -105,7 +103,7 @@ def test_a_stop_leg_filled_while_the_monitor_was_down_closes_the_position_at_the
     assert not position.needs_review
     stop.refresh_from_db()
     assert stop.status == OrderStatus.FILLED and stop.filled_qty == 10
-    assert _leg(position, OrderRole.TAKE_PROFIT).status == OrderStatus.CANCELED
+    assert leg(position, OrderRole.TAKE_PROFIT).status == OrderStatus.CANCELED
     assert report.count("order_synced") == 1 and report.count("closed") == 1
     assert _events("order_synced", position=position) == 1
     assert _events("closed", position=position) == 1
@@ -114,8 +112,8 @@ def test_a_stop_leg_filled_while_the_monitor_was_down_closes_the_position_at_the
 
 
 def test_a_target_leg_filled_closes_with_take_profit_hit(exchange, active):
-    position = _bracket(side="sell", stop_loss="160", take_profit="140")
-    target = _leg(position, OrderRole.TAKE_PROFIT)
+    position = bracket(side="sell", stop_loss="160", take_profit="140")
+    target = leg(position, OrderRole.TAKE_PROFIT)
     exchange.control.fill_order(target.broker_order_id)  # at its limit
 
     reconcile_run()
@@ -127,7 +125,7 @@ def test_a_target_leg_filled_closes_with_take_profit_hit(exchange, active):
 
 
 def test_a_position_gone_without_a_fill_is_closed_without_a_price_and_its_legs_cancelled(exchange, active):
-    position = _bracket()
+    position = bracket()
     exchange.control.set_position("AAPL", 0)  # sold elsewhere: no fill of ours
     exchange.control.clear_requests_log()
 
@@ -148,7 +146,7 @@ def test_a_position_gone_without_a_fill_is_closed_without_a_price_and_its_legs_c
 
 
 def test_an_unfilled_limit_entry_is_left_alone(exchange, active):
-    position = _bracket(entry_price="145")  # below the ask: rests
+    position = bracket(entry_price="145")  # below the ask: rests
     report = reconcile_run()
     position.refresh_from_db()
     assert position.status == PositionStatus.OPEN
@@ -157,7 +155,7 @@ def test_an_unfilled_limit_entry_is_left_alone(exchange, active):
 
 
 def test_an_entry_cancelled_unfilled_closes_the_position_without_review(exchange, active):
-    position = _bracket(entry_price="145")
+    position = bracket(entry_price="145")
     broker.cancel_order(position.entry_order.broker_order_id)
     reconcile_run()
     position.refresh_from_db()
@@ -170,7 +168,7 @@ def test_an_entry_cancelled_unfilled_closes_the_position_without_review(exchange
 
 
 def test_a_quantity_mismatch_is_flagged_once_and_not_traded(exchange, active):
-    position = _bracket()
+    position = bracket()
     exchange.control.set_position("AAPL", 15, "150.01")
     exchange.control.clear_requests_log()
 
@@ -194,7 +192,7 @@ def test_a_quantity_mismatch_is_flagged_once_and_not_traded(exchange, active):
 
 
 def test_a_side_mismatch_is_flagged_not_closed(exchange, active):
-    position = _bracket()
+    position = bracket()
     exchange.control.set_position("AAPL", -10, "150")
     exchange.control.clear_requests_log()
 
@@ -208,12 +206,12 @@ def test_a_side_mismatch_is_flagged_not_closed(exchange, active):
 
 
 def test_two_positions_in_one_symbol_are_compared_in_total(exchange, active):
-    first = _bracket(quantity=4)
-    _bracket(quantity=6)
+    first = bracket(quantity=4)
+    bracket(quantity=6)
     report = reconcile_run()
     assert report.count("mismatch") == 0
 
-    exchange.control.fill_order(_leg(first, OrderRole.STOP_LOSS).broker_order_id, price="139")
+    exchange.control.fill_order(leg(first, OrderRole.STOP_LOSS).broker_order_id, price="139")
     report = reconcile_run()
     first.refresh_from_db()
     assert first.status == PositionStatus.CLOSED and first.close_reason == CloseReason.STOP_LOSS_HIT
@@ -225,10 +223,10 @@ def test_two_positions_in_one_symbol_are_compared_in_total(exchange, active):
 
 
 def test_order_statuses_are_synced_with_one_list_call(exchange, active):
-    positions = [_bracket(), _bracket(symbol="MSFT", quantity=1, stop_loss="390", take_profit="410")]
+    positions = [bracket(), bracket(symbol="MSFT", quantity=1, stop_loss="390", take_profit="410")]
     exchange.control.expire_day_orders()  # nothing is a day order here
     for position in positions:
-        broker.cancel_order(_leg(position, OrderRole.STOP_LOSS).broker_order_id)  # by hand, at the broker
+        broker.cancel_order(leg(position, OrderRole.STOP_LOSS).broker_order_id)  # by hand, at the broker
     exchange.control.clear_requests_log()
 
     report = reconcile_run()
@@ -255,9 +253,9 @@ def _snapshot():
 
 
 def test_a_dry_run_changes_nothing_and_reports_what_it_would_do(exchange, active):
-    filled = _bracket()
-    exchange.control.fill_order(_leg(filled, OrderRole.STOP_LOSS).broker_order_id, price="139.50")
-    _bracket(symbol="MSFT", quantity=2, stop_loss="390", take_profit="410")
+    filled = bracket()
+    exchange.control.fill_order(leg(filled, OrderRole.STOP_LOSS).broker_order_id, price="139.50")
+    bracket(symbol="MSFT", quantity=2, stop_loss="390", take_profit="410")
     exchange.control.set_position("MSFT", 3, "400")  # mismatch
     exchange.control.set_position("TSLA", 7, "250")  # adoption
     before = _snapshot()
@@ -278,7 +276,7 @@ def test_a_dry_run_changes_nothing_and_reports_what_it_would_do(exchange, active
 
 def test_a_broker_outage_is_reported_not_raised(exchange, active, settings):
     settings.BROKER_RETRY_ATTEMPTS = 0
-    _bracket()
+    bracket()
     exchange.control.add_fault("http_500", method="GET", path="/v2/positions")
     report = reconcile_run()
     assert not report.ok

@@ -1,0 +1,33 @@
+"""Small helpers the test modules share."""
+
+from trading.models import Order, Position, TradingMode
+from trading.services import submit_bracket_order, trading_state, trading_state_set
+
+LEVELS = {"AAPL": ("140", "160"), "MSFT": ("390", "410")}  # stop, target of a long around the quotes
+
+
+def open_bracket(symbol: str = "AAPL", quantity: int = 10, side: str = "buy") -> Position:
+    """A protected bracket position, resuming trading first if need be."""
+    if trading_state().mode != TradingMode.ACTIVE:
+        trading_state_set(mode="ACTIVE", reason="test")
+    stop, target = LEVELS[symbol]
+    if side == "sell":
+        stop, target = target, stop
+    return submit_bracket_order(symbol=symbol, quantity=quantity, side=side, stop_loss=stop, take_profit=target)
+
+
+def bracket(**kwargs) -> Position:
+    spec = dict(symbol="AAPL", quantity=10, side="buy", stop_loss="140", take_profit="160")
+    spec.update(kwargs)
+    return submit_bracket_order(**spec)
+
+
+def leg(position: Position, role: str) -> Order:
+    return position.entry_order.legs.get(role=role)
+
+
+def exit_posts(exchange) -> list[dict]:
+    """The exit orders POSTed to the paper exchange (requests, in order)."""
+    return [r for r in exchange.control.requests_log()
+            if r["method"] == "POST" and r["path"] == "/v2/orders"
+            and str((r["body"] or {}).get("client_order_id", "")).startswith("catalyst-exit-")]
