@@ -14,7 +14,6 @@ import pstats
 import random
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -404,7 +403,7 @@ def measure_page(client, url: str, repeats: int = 3) -> dict:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        response = client.get(url)
+        client.get(url)
         times.append(time.perf_counter() - started)
     with QueryCounter() as ctx:
         counted = client.get(url)

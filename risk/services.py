@@ -218,21 +218,39 @@ def _finalize(position: Position, orders: list[Order], *, note: str = "") -> Clo
     return CloseOutcome(position, "closed", note)
 
 
-def _held_at_broker(position: Position) -> Decimal:
-    """What the broker holds for this position: its holding in the symbol less what our
-    other positions in it account for, so an exit never sells another position's shares."""
-    remote = broker.get_position(position.symbol)
-    if remote is None or remote.side != position.side:
-        return Decimal("0")
+def _held_by_others(position: Position) -> Decimal:
+    """What our other active positions in the symbol hold by their records: each entry's
+    fills (the whole quantity when adopted) less their exits' and legs' fills. While another
+    position's exit is filling, its record lags the broker, so this can only overstate."""
     zero = Value(Decimal("0"))
     others = (
         Position.objects.active().filter(symbol=position.symbol, side=position.side).exclude(pk=position.pk)
         .annotate(entry_filled=Coalesce(Sum("orders__filled_qty", filter=Q(orders__role=OrderRole.ENTRY)), zero),
                   closed=Coalesce(Sum("orders__filled_qty", filter=~Q(orders__role=OrderRole.ENTRY)), zero))
     )
-    # what each other position holds: its entry's fills (all of it when adopted), less its exits' fills
-    theirs = sum(((o.entry_filled if o.entry_order_id else o.quantity) - o.closed for o in others), Decimal("0"))
-    return max(remote.qty - max(theirs, Decimal("0")), Decimal("0"))
+    return max(sum(((o.entry_filled if o.entry_order_id else o.quantity) - o.closed for o in others), Decimal("0")),
+               Decimal("0"))
+
+
+def _to_exit(position: Position, orders: list[Order]) -> Decimal | None:
+    """How much to exit for this position: 0 when it is flat (its own fills cover it, or the
+    broker holds nothing on its side); None when every share the broker holds is accounted
+    to our other positions in the symbol (their records are catching up: try again next
+    cycle). Never more than the broker holds beyond the others, so an exit can't sell
+    another position's shares."""
+    remaining = _filled_entry_qty(position, orders) - _closed_qty(orders)
+    if remaining <= 0:
+        return Decimal("0")
+    remote = broker.get_position(position.symbol)
+    if remote is None or remote.side != position.side:
+        return Decimal("0")
+    attributable = remote.qty - _held_by_others(position)
+    if attributable <= 0:
+        return None
+    return min(remaining, attributable)
+
+
+UNATTRIBUTED = "the broker's shares in the symbol are accounted to other positions; trying again next cycle"
 
 
 def _progress(position: Position) -> CloseOutcome:
@@ -242,8 +260,9 @@ def _progress(position: Position) -> CloseOutcome:
     if any(not o.is_final and o.broker_order_id for o in exits):
         return CloseOutcome(position, "exit_pending", "waiting for the exit to fill")
 
-    remaining = _filled_entry_qty(position, orders) - _closed_qty(orders)
-    held = min(remaining, _held_at_broker(position)) if remaining > 0 else Decimal("0")
+    held = _to_exit(position, orders)
+    if held is None:
+        return CloseOutcome(position, "waiting", UNATTRIBUTED)
     if held <= 0:
         if position.orders.live().exclude(broker_order_id=None).exists():
             orders_cancel(position=position)  # an unfilled entry and its legs must not fill later
@@ -258,8 +277,9 @@ def _progress(position: Position) -> CloseOutcome:
         if still_live:
             return CloseOutcome(position, "waiting", f"{len(still_live)} orders not yet cancelled")
         # A leg may have filled while it was being cancelled: ask again before exiting.
-        remaining = _filled_entry_qty(position, orders) - _closed_qty(orders)
-        held = min(remaining, _held_at_broker(position)) if remaining > 0 else Decimal("0")
+        held = _to_exit(position, orders)
+        if held is None:
+            return CloseOutcome(position, "waiting", UNATTRIBUTED)
         if held <= 0:
             return _finalize(position, orders)
 
@@ -354,21 +374,26 @@ def positions_close(*, positions: list[Position], reason: str, owner: str | None
 
 
 def _steps(position_ids: list[int], owner: str) -> list[CloseOutcome]:
-    """Work claimed positions side by side (MONITOR_CLOSE_WORKERS threads), so when many
-    cross at once the last exit doesn't wait for every other one's round trips. Inside a
-    transaction (other connections couldn't see its rows) they are worked one by one."""
+    """Work claimed positions side by side (MONITOR_CLOSE_WORKERS threads, one symbol each
+    at a time), so when many cross at once the last exit doesn't wait for every other one's
+    round trips. Positions in one symbol go one after another: each reads the broker's
+    holding after the previous one's exit. Inside a transaction (other connections couldn't
+    see its rows) everything is worked one by one."""
     workers = min(settings.MONITOR_CLOSE_WORKERS, len(position_ids))
     if workers <= 1 or connection.in_atomic_block:
         return [_step(pk, owner) for pk in position_ids]
+    by_symbol: dict[str, list[int]] = {}
+    for pk, symbol in Position.objects.filter(pk__in=position_ids).values_list("pk", "symbol"):
+        by_symbol.setdefault(symbol, []).append(pk)
 
-    def work(pk: int) -> CloseOutcome:
+    def work(pks: list[int]) -> list[CloseOutcome]:
         try:
-            return _step(pk, owner)
+            return [_step(pk, owner) for pk in pks]
         finally:
             connection.close()  # the worker thread's own connection
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="close") as pool:
-        return list(pool.map(work, position_ids))
+        return [outcome for group in pool.map(work, by_symbol.values()) for outcome in group]
 
 
 def closings_progress(*, owner: str) -> list[CloseOutcome]:

@@ -123,3 +123,31 @@ def test_three_monitors_and_both_flattens_at_once_send_one_exit_per_position(pap
     for kind in ("exit_sent", "closed"):
         assert RiskEvent.objects.filter(kind=kind).values("position").distinct().count() == 500, kind
     assert RiskEvent.objects.filter(kind__in=["claimed", "triggered"]).values("position").distinct().count() == 500
+
+
+def test_many_positions_in_one_symbol_closed_side_by_side_never_oversell(paper_exchange, settings):
+    """Twenty positions share each symbol; the monitor's workers close them at once. Each
+    position must get exactly its own shares out, none closed on another's shares."""
+    settings.MONITOR_CLOSE_WORKERS = 4
+    symbols = ["ZA", "ZB", "ZC"]
+    paper_exchange.control.set_quotes([{"symbol": s, "bid": "90.00", "ask": "90.02"} for s in symbols])
+    for symbol in symbols:
+        paper_exchange.control.set_position(symbol, 100, "100.00")
+    Position.objects.bulk_create(
+        Position(symbol=symbol, side=Side.LONG, quantity=Decimal("5"), entry_price=Decimal("100"),
+                 stop_loss=Decimal("95"), take_profit=Decimal("120"), opened_at=timezone.now())
+        for symbol in symbols for _ in range(20)
+    )
+
+    for _ in range(3):  # what a race leaves "waiting" is finished by the next cycles
+        monitor_cycle(owner="monitor")
+        if not Position.objects.active().exists():
+            break
+
+    assert Position.objects.filter(status=PositionStatus.CLOSED, needs_review=False).count() == 60
+    assert set(Position.objects.values_list("exit_price", flat=True)) == {Decimal("90.00")}
+    for symbol in symbols:
+        sold = sum(Decimal(o["filled_qty"]) for o in paper_exchange.control.state()["orders"]
+                   if o["symbol"] == symbol and o["client_order_id"].startswith("catalyst-exit-"))
+        assert sold == 100
+    assert paper_exchange.control.state()["positions"] in ({}, [])

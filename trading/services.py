@@ -14,6 +14,7 @@ from django.utils import timezone
 from . import broker
 from .broker import BrokerError, BrokerOrder
 from .models import (
+    FINAL_ORDER_STATUSES,
     Order,
     OrderClass,
     OrderRole,
@@ -306,13 +307,11 @@ def _bracket_failed(*, entry: Order, position: Position, remote: BrokerOrder, sp
 def exit_submit(*, position: Position, qty: Decimal) -> Order:
     """Send the market exit for a position, at most once per attempt.
 
-    The client_order_id is derived from the position and the number of earlier exits
-    that ended without filling, so a retry or a restart re-finds the same order.
+    The client_order_id is derived from the position and the number of its earlier exits
+    that are over (filled for part of the quantity, rejected, cancelled...), so a retry or
+    a restart re-finds the same order while one is pending.
     """
-    attempt = position.orders.filter(
-        role=OrderRole.EXIT,
-        status__in=[OrderStatus.REJECTED, OrderStatus.SUBMIT_FAILED, OrderStatus.CANCELED, OrderStatus.EXPIRED],
-    ).count()
+    attempt = position.orders.filter(role=OrderRole.EXIT, status__in=FINAL_ORDER_STATUSES).count()
     client_order_id = f"{position.exit_client_order_id}-{attempt}"
     order, _ = Order.objects.get_or_create(
         client_order_id=client_order_id,
