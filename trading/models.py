@@ -99,6 +99,9 @@ class Position(models.Model):
             ),
             models.Index(fields=["status", "symbol"], name="position_status_symbol_idx"),
             models.Index(fields=["-closed_at", "-id"], name="position_closed_at_idx"),
+            # covers the close-reason review's aggregate: read from the index alone, no table rows
+            models.Index(fields=["status", "closed_at", "close_reason", "side", "entry_price", "exit_price", "quantity"],
+                         name="position_close_review_idx"),
         ]
         permissions = [
             ("flatten_positions", "Can flatten positions in an emergency"),

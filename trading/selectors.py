@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
 from .models import Order, OrderRole, Position, PositionStatus, Protection, TradingStateChange
@@ -108,7 +108,7 @@ def close_reason_summary(*, start: date, end: date) -> list[CloseReasonRow]:
         Position.objects.with_pnl()
         .filter(status=PositionStatus.CLOSED, closed_at__gte=lower, closed_at__lt=upper)
         .values("close_reason")
-        .annotate(count=Count("pk"), total_pnl=Sum("pnl"), average_pnl=Avg("pnl"))
+        .annotate(count=Count("pk"), total_pnl=Sum("pnl"))  # the average is total / count: P&L worked out once a row
         .order_by("close_reason")
     )
     labels = dict(Position._meta.get_field("close_reason").choices)
@@ -117,7 +117,7 @@ def close_reason_summary(*, start: date, end: date) -> list[CloseReasonRow]:
     for row in rows:
         reason = row["close_reason"] or ""
         total = Decimal(row["total_pnl"] or 0)
-        average = Decimal(row["average_pnl"] or 0)
+        average = total / row["count"] if row["count"] else Decimal(0)
         result.append(
             CloseReasonRow(
                 close_reason=reason,
