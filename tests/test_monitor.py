@@ -12,17 +12,9 @@ from risk import services as risk_services
 from risk.models import Heartbeat, RiskEvent
 from risk.services import monitor_cycle, position_close, trigger_reason
 from trading.models import CloseReason, OrderRole, OrderStatus, Position, PositionStatus
-from trading.services import BracketNotProtected, submit_bracket_order, trading_state_set
+from trading.services import BracketNotProtected, submit_bracket_order
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def exchange(paper_exchange, db):
-    trading_state_set(mode="ACTIVE", reason="tests trade")
-    paper_exchange.control.set_quote("AAPL", "149.99", "150.01")
-    paper_exchange.control.set_quote("TSLA", "249.99", "250.01")
-    return paper_exchange
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("active")]  # `exchange`: tests/conftest.py
 
 
 def exits_sent(exchange) -> list[dict]:

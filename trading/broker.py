@@ -164,18 +164,19 @@ def _clients(trading_url: str, data_url: str, paper: bool, key: str, secret: str
     return trading, data
 
 
-def _trading() -> TradingClient:
+def _client_pair() -> tuple[TradingClient, StockHistoricalDataClient]:
     return _clients(
         settings.ALPACA_TRADING_URL, settings.ALPACA_DATA_URL, settings.ALPACA_PAPER, *_credentials(),
         settings.BROKER_TIMEOUT_SECONDS,
-    )[0]
+    )
+
+
+def _trading() -> TradingClient:
+    return _client_pair()[0]
 
 
 def _data() -> StockHistoricalDataClient:
-    return _clients(
-        settings.ALPACA_TRADING_URL, settings.ALPACA_DATA_URL, settings.ALPACA_PAPER, *_credentials(),
-        settings.BROKER_TIMEOUT_SECONDS,
-    )[1]
+    return _client_pair()[1]
 
 
 def describe() -> str:
