@@ -5,7 +5,7 @@ No state file: the bench never needs the exchange to survive a restart."""
 import argparse
 import sys
 
-from trading.paper_exchange.server import serve
+from paper_exchange.server import serve
 
 
 def main() -> None:

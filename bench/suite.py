@@ -620,7 +620,7 @@ def main() -> None:
     django.setup()
     from django.db import connection
 
-    from trading.paper_exchange.control import PaperExchangeControl
+    from paper_exchange.control import PaperExchangeControl
 
     HTTP.install()
     control = PaperExchangeControl(os.environ["PAPER_EXCHANGE_URL"], timeout=60)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from trading.paper_exchange.control import PaperExchangeControl
-from trading.paper_exchange.server import PaperExchangeServer
-from trading.paper_exchange.state import ExchangeState
+from paper_exchange.control import PaperExchangeControl
+from paper_exchange.server import PaperExchangeServer
+from paper_exchange.state import ExchangeState
 
 __all__ = ["PaperExchange", "paper_exchange", "PAPER_API_KEY", "PAPER_SECRET_KEY"]
 

@@ -33,7 +33,7 @@ from alpaca.trading.requests import (
 )
 
 from tests.paper_exchange_fixtures import paper_exchange  # noqa: F401
-from trading.paper_exchange.control import PaperExchangeControlError
+from paper_exchange.control import PaperExchangeControlError
 
 NESTED = GetOrderByIdRequest(nested=True)
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -582,7 +582,7 @@ def test_paperquote_command(ex):
 
 def test_exchange_modules_never_import_alpaca_or_django():
     for name in ("__init__.py", "state.py", "server.py", "control.py"):
-        tree = ast.parse((ROOT / "trading" / "paper_exchange" / name).read_text())
+        tree = ast.parse((ROOT / "paper_exchange" / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 mods = [a.name for a in node.names]
@@ -607,7 +607,7 @@ def test_runpaperexchange_command_persists_and_stops_on_sigterm(tmp_path):
             line = proc.stdout.readline()
             assert line, proc.stderr.read()
         url = line.split("listening on ")[1].split()[0]
-        from trading.paper_exchange.control import PaperExchangeControl
+        from paper_exchange.control import PaperExchangeControl
 
         PaperExchangeControl(url).set_quote("AAPL", "1.00", "1.01")
         proc.send_signal(signal.SIGTERM)

@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from trading.paper_exchange.control import (
+from paper_exchange.control import (
     DEFAULT_URL,
     PaperExchangeControl,
     PaperExchangeControlError,

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from trading.paper_exchange.server import serve
+from paper_exchange.server import serve
 
 
 DEMO_QUOTES = [
