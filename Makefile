@@ -16,11 +16,11 @@ done; \
 echo "make: no Python 3.12 or newer found (Django 6.1 needs it). Tried: $(PYTHON) python3.13 python3.12 python3 and pyenv's versions. Install one, or run make PYTHON=/path/to/python3.12" >&2; exit 1
 endef
 
-.PHONY: help run test test-sqlite test-postgres reliability bench check clean
+.PHONY: help run test lint test-sqlite test-postgres reliability bench check clean
 
 help:
 	@echo "make run          set up .venv, migrate, start the paper exchange, web console (http://127.0.0.1:8000/admin/), monitor and worker"
-	@echo "make test         the whole suite on SQLite, then on PostgreSQL ($(PG_TEST_URL))"
+	@echo "make test         the import contracts (lint-imports), then the whole suite on SQLite, then on PostgreSQL ($(PG_TEST_URL))"
 	@echo "make reliability  the fault, load, bad-input and security suite on PostgreSQL, with its figures"
 	@echo "make bench        benchmarks of the monitor and the console (prints figures, never fails on time)"
 	@echo "make check        Django's system checks and a migrations check"
@@ -40,7 +40,10 @@ run: $(VENV)/.installed
 	@if [ -n "$$ALPACA_API_KEY" ]; then procs="web monitor worker"; else procs=""; fi; \
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" exec $(VENV)/bin/honcho -f Procfile start $$procs
 
-test: test-sqlite test-postgres
+test: lint test-sqlite test-postgres
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
 
 test-sqlite: $(VENV)/.installed
 	$(VPY) -m pytest -q

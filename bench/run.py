@@ -196,7 +196,7 @@ def report(results: dict) -> str:
                     hk_rows.append([f"{int(n):,}", label, ms(r["wall"]), ms(r["cpu"]), ms(r["http"]), r["queries"],
                                     r["requests"], ", ".join(f"{k} ×{v}" for k, v in sorted(r["request_kinds"].items()))])
         if hk_rows:
-            parts.append("\n**Housekeeping** (`risk.services._housekeeping`: reconciliation + protection audit, run by "
+            parts.append("\n**Housekeeping** (`risk.monitor.housekeeping`: reconciliation + protection audit, run by "
                          "runmonitor at start-up and every RECONCILE_EVERY_N_CYCLES cycles; in-process, policy `alert`; "
                          "first = every seeded position alerted as unprotected, steady = the next run)\n")
             parts.append(table(["positions", "run", "wall ms", "CPU ms", "HTTP ms", "queries", "requests",
@@ -358,7 +358,7 @@ A benchmark, not a test: these are the latest figures from one machine, not limi
 How: a fresh database per engine (SQLite file in `var/bench/`, PostgreSQL database `catalyst_bench`),
 migrated; the paper exchange in its own process on 127.0.0.1, over HTTP; positions spread over up
 to 500 symbols, 10 shares each, the broker holding each symbol's total. Monitor cycles run
-in-process (`risk.services.monitor_cycle`), queries counted with a `connection.execute_wrapper` (an unbounded `CaptureQueriesContext`), broker
+in-process (`risk.monitor.monitor_cycle`), queries counted with a `connection.execute_wrapper` (an unbounded `CaptureQueriesContext`), broker
 requests from the exchange's request log; detection latency and peak memory with
 `manage.py runmonitor` as a real process; admin pages with Django's test Client; the API with
 gunicorn and 8 client threads. DEBUG is off everywhere.

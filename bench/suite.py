@@ -193,7 +193,7 @@ def seed_open_positions(n: int, control) -> dict:
 
 
 def run_cycle(control, *, capture: bool) -> dict:
-    from risk.services import monitor_cycle
+    from risk.monitor import monitor_cycle
 
     control.clear_requests_log()
     HTTP.reset()
@@ -276,7 +276,7 @@ def housekeeping_runs(control) -> dict:
     one alert per position; second run: the steady state (alerts are repeated at most hourly)."""
     from django.test.utils import override_settings
 
-    from risk.services import _housekeeping
+    from risk.monitor import housekeeping
 
     runs = []
     with override_settings(PROTECTION_POLICY="alert"):
@@ -285,7 +285,7 @@ def housekeeping_runs(control) -> dict:
             HTTP.reset()
             wall0, cpu0 = time.perf_counter(), time.process_time()
             with QueryCounter() as ctx:
-                _housekeeping()
+                housekeeping()
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             log = control.requests_log()
             runs.append({"wall": wall, "cpu": cpu, "http": HTTP.seconds, "queries": len(ctx.queries),
@@ -299,7 +299,7 @@ def housekeeping_runs(control) -> dict:
 
 def profile_cycle(control, crossing: list[str] = ()) -> str:
     """cProfile of one cycle; with `crossing`, those symbols' quotes cross their stops first."""
-    from risk.services import monitor_cycle
+    from risk.monitor import monitor_cycle
 
     if crossing:
         control.set_quotes([crossing_quote(s) for s in crossing])

@@ -97,6 +97,7 @@ INSTALLED_APPS = [
     "axes",
     "trading",
     "risk",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -133,7 +134,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "trading.context_processors.broker",
+                "console.context_processors.broker",
             ],
         },
     },
@@ -216,12 +217,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "COERCE_DECIMAL_TO_STRING": True,
-    # Throttling (trading/api/throttling.py): every request of a user counts against "user";
+    # Throttling (console/api/throttling.py): every request of a user counts against "user";
     # the writes of a view with a `throttle_scope` also against that scope. Over it: 429 with
     # Retry-After. Counted in the default cache (per process unless CACHES is shared).
     "DEFAULT_THROTTLE_CLASSES": [
-        "trading.api.throttling.UserThrottle",
-        "trading.api.throttling.WriteScopedThrottle",
+        "console.api.throttling.UserThrottle",
+        "console.api.throttling.WriteScopedThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "user": "600/min",

@@ -3,14 +3,14 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from trading.admin import console_index
+from console.admin import console_index
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     # The admin index with the monitor, the trading state and "are we protected?" on it.
     path("admin/", admin.site.admin_view(console_index), name="console-index"),
     path("admin/", admin.site.urls),
-    path("api/v1/", include("trading.api.urls")),
+    path("api/v1/", include("console.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

@@ -217,6 +217,23 @@ def alert_deliver(*, alert: Alert) -> Alert:
     return alert
 
 
+def alerts_deliver_pending_in_background() -> threading.Thread:
+    """`alerts_deliver_pending` in a daemon thread of its own (a dead webhook must not hold
+    up its caller)."""
+
+    def run():
+        try:
+            alerts_deliver_pending()
+        except Exception:  # a thread must not die silently; the next run tries again
+            log.exception("pending alerts not delivered")
+        finally:
+            close_old_connections()
+
+    thread = threading.Thread(target=run, name="alerts-pending", daemon=True)
+    thread.start()
+    return thread
+
+
 def alerts_deliver_pending(*, older_than_seconds: int = 60, limit: int = 50) -> int:
     """Deliver alerts still pending after `older_than_seconds` (their process exited before the
     thread ran, or scheduling failed). Runs in the caller's thread; returns how many it tried."""

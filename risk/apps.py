@@ -1,5 +1,4 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
 
 
 class RiskConfig(AppConfig):
@@ -9,6 +8,3 @@ class RiskConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401  registers the system checks
-        from .schedule import monitor_schedule_ensure
-
-        post_migrate.connect(monitor_schedule_ensure, sender=self, dispatch_uid="risk-monitor-schedule")

@@ -1,8 +1,7 @@
 """The re-enable checklist: what must hold before trading resumes (to ACTIVE).
 
 Computed live on every call: the test bracket is checked at the broker, the rest from
-the database. Resuming while an item fails needs an explicit override with a reason,
-and the override is recorded on the state change.
+the database.
 """
 
 from dataclasses import dataclass, field
@@ -13,10 +12,8 @@ from django.utils import timezone
 
 from trading import broker
 from trading.broker import BrokerError
-from trading.models import OrderClass, OrderStatus, OrderType, Position, TradingMode, TradingStateChange
+from trading.models import STOP_TYPES, OrderClass, OrderStatus, OrderType, Position
 from trading.selectors import latest_test_entry, open_positions_without_stop
-from trading.services import trading_state_set
-from trading.validation import OrderValidationError
 
 from .selectors import monitor_status
 
@@ -60,7 +57,7 @@ def _check_test_bracket() -> ChecklistItem:
         remote = broker.get_order(entry.broker_order_id)
     except BrokerError as exc:
         return ChecklistItem(TEST_BRACKET, label, False, f"{when}: could not ask the broker ({exc})")
-    stops = [leg for leg in remote.legs if leg.type in (OrderType.STOP, OrderType.STOP_LIMIT)]
+    stops = [leg for leg in remote.legs if leg.type in STOP_TYPES]
     targets = [leg for leg in remote.legs if leg.type == OrderType.LIMIT]
     bad = [leg for leg in remote.legs if leg.status in (OrderStatus.REJECTED, OrderStatus.SUBMIT_FAILED)]
     if remote.order_class != OrderClass.BRACKET or len(remote.legs) != 2 or len(stops) != 1 or len(targets) != 1:
@@ -114,47 +111,3 @@ def checklist_run(*, now: datetime | None = None) -> Checklist:
     now = now or timezone.now()
     items = [_check_test_bracket(), _check_monitor(now), _check_protection(), _check_age(now)]
     return Checklist(items=items, checked_at=now)
-
-
-class ChecklistNotPassed(OrderValidationError):
-    """Resuming while checklist items fail, without an override. `errors` names the fields."""
-
-    def __init__(self, checklist: Checklist):
-        self.checklist = checklist
-        failing = "; ".join(f"{item.label}: {item.detail}" for item in checklist.failing)
-        super().__init__({"override": f"the re-enable checklist fails ({failing}); override with a reason to resume anyway"})
-
-
-def trading_mode_change(
-    *, mode: str, reason: str, user=None, override: bool = False, override_reason: str = "",
-    checklist: Checklist | None = None,
-) -> TradingStateChange:
-    """Change the trading state; resuming (to ACTIVE) runs the checklist first.
-
-    Raises OrderValidationError (bad mode, no reason, override without a reason) or
-    ChecklistNotPassed (resuming with failing items and no override). An override is
-    recorded (overrode_checklist=True) with its reason and the items that failed.
-    """
-    errors = {}
-    if mode not in TradingMode.values:
-        errors["mode"] = f"{mode!r} is not one of {', '.join(TradingMode.values)}"
-    if not reason or not reason.strip():
-        errors["reason"] = "a reason is required"
-    if errors:
-        raise OrderValidationError(errors)
-    reason = reason.strip()
-    overrode = False
-    if mode == TradingMode.ACTIVE:
-        checklist = checklist or checklist_run()
-        if not checklist.passed:
-            if not override:
-                raise ChecklistNotPassed(checklist)
-            why = (override_reason or "").strip() or reason
-            if not why:
-                raise OrderValidationError({"override_reason": "an override needs a reason"})
-            failing = ", ".join(item.key for item in checklist.failing)
-            reason = f"{reason} [checklist overridden ({failing}): {why}]" if why != reason else (
-                f"{reason} [checklist overridden ({failing})]"
-            )
-            overrode = True
-    return trading_state_set(mode=mode, reason=reason, user=user, overrode_checklist=overrode)

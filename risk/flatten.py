@@ -13,12 +13,22 @@ from decimal import Decimal
 from django.db.models import Prefetch
 
 from trading import broker
-from trading.broker import BrokerError, BrokerOrder
-from trading.models import EXIT_CLIENT_ORDER_PREFIX, CloseReason, Order, Position, PositionStatus, TradingMode, TradingStateChange
-from trading.services import trading_state, trading_state_set
+from trading.broker import BrokerError
+from trading.models import (
+    CloseReason,
+    Order,
+    Position,
+    PositionStatus,
+    TradingMode,
+    TradingStateChange,
+)
+from trading.orders import open_orders_cancel_except_exits
+from trading.selectors import trading_state
 
+from .closing import CloseOutcome, CloseState, positions_close
+from .journal import event_record
 from .models import RiskEventKind
-from .services import CloseOutcome, event_record, positions_close
+from .trading_state import trading_state_set
 
 log = logging.getLogger("risk.flatten")
 
@@ -97,7 +107,7 @@ def flatten_preview(*, positions=None) -> FlattenPreview:
     if preview.everything:
         roles = _roles(rows)
         try:
-            remote = _broker_open_orders()
+            remote = broker.live_orders()
         except BrokerError as exc:
             preview.broker_error = str(exc)
         else:
@@ -108,29 +118,6 @@ def flatten_preview(*, positions=None) -> FlattenPreview:
                 for o in remote
             ]
     return preview
-
-
-def _broker_open_orders() -> list[BrokerOrder]:
-    """Every order the broker may still act on, legs included. Asked twice: with nested
-    orders, the open legs of a bracket whose entry has filled come under a parent that is
-    no longer "open", so the recent orders of any status are read as well."""
-    found: dict[str, BrokerOrder] = {}
-    for status in ("open", "all"):
-        for top in broker.list_orders(status=status):
-            for order in (top, *top.legs):
-                if not order.is_final:
-                    found.setdefault(order.id, order)
-    return list(found.values())
-
-
-def _cancel_open_orders_but_exits() -> int:
-    """Cancel every open order at the broker except our exits: an exit already working for
-    a closing position must not be cancelled, or it would be sent a second time."""
-    targets = [o.id for o in _broker_open_orders() if not o.client_order_id.startswith(EXIT_CLIENT_ORDER_PREFIX)]
-    for order_id in targets:
-        broker.cancel_order(order_id)  # False when it went with its sibling leg: fine
-    still_open = {o.id for o in _broker_open_orders()}
-    return sum(1 for order_id in targets if order_id not in still_open)
 
 
 @dataclass
@@ -155,7 +142,7 @@ def flatten(*, user, positions=None) -> FlattenResult:
     if positions is None:
         targets = list(Position.objects.active().order_by("id"))  # closing ones show as skipped
         try:
-            result.cancelled_orders = _cancel_open_orders_but_exits()
+            result.cancelled_orders = open_orders_cancel_except_exits()
         except BrokerError as exc:
             # Each close still cancels its own position's legs before exiting.
             result.errors.append(f"cancelling all orders failed: {exc}")
@@ -179,16 +166,16 @@ def close_manually(*, user, positions) -> list[CloseOutcome]:
 def outcome_summary(outcome: CloseOutcome) -> str:
     """One line for an operator: closed at price / exit pending / skipped: already closing."""
     position = outcome.position
-    if outcome.state == "closed":
+    if outcome.state == CloseState.CLOSED:
         if position.exit_price is not None:
             return f"closed at {position.exit_price} ({position.close_reason})"
         return f"closed without a fill ({outcome.detail or position.review_note})"
-    if outcome.state == "skipped":
+    if outcome.state == CloseState.SKIPPED:
         return f"skipped: {outcome.detail or 'already ' + position.status}"
-    if outcome.state == "exit_pending":
+    if outcome.state == CloseState.EXIT_PENDING:
         return f"exit pending ({outcome.detail})" if outcome.detail else "exit pending"
-    if outcome.state == "waiting":
+    if outcome.state == CloseState.WAITING:
         return f"waiting: {outcome.detail}"
-    if outcome.state == "error":
+    if outcome.state == CloseState.ERROR:
         return f"error: {outcome.detail}; the monitor will carry on closing it"
     return f"{outcome.state}: {outcome.detail}"

@@ -5,6 +5,8 @@ from django.db import models
 
 from trading.models import PRICE, Position
 
+MONITOR = "monitor"  # the monitor's heartbeat row and lease
+
 
 class RiskEventKind(models.TextChoices):
     CYCLE = "cycle", "Cycle checked positions"
@@ -71,7 +73,7 @@ class RiskEvent(models.Model):
 class Heartbeat(models.Model):
     """One row per monitor (name), overwritten each cycle."""
 
-    name = models.CharField(max_length=32, unique=True, default="monitor")
+    name = models.CharField(max_length=32, unique=True, default=MONITOR)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     positions_checked = models.PositiveIntegerField(default=0)

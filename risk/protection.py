@@ -1,6 +1,6 @@
 """Protection audit: every open position must have a live stop at the broker for all it holds.
 
-`protection_audit` reads the broker's open orders once (`list_orders(status="open")`) and,
+`protection_audit` reads the broker's open and recent orders once and,
 for each open position, looks for live stop orders on its exit side: its bracket's stop leg
 (any non-final status, once the entry has filled), the stop leg of an OCO, or a standalone
 stop for the symbol. Stops tied to a position by our Order rows count for that position;
@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from enum import StrEnum
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -32,34 +33,51 @@ from django.utils import timezone
 
 from trading import broker
 from trading.broker import BrokerError, BrokerOrder
+from trading.holdings import RemoteOrders, holding, order_views
 from trading.models import (
+    STOP_TYPES,
     CloseReason,
     Order,
     OrderClass,
     OrderRole,
     OrderStatus,
-    OrderType,
     Position,
     PositionStatus,
     Protection,
     Side,
 )
-from trading.services import new_client_order_id, order_apply, order_refresh, orders_cancel
+from trading.orders import oco_send, order_cancel, orders_cancel, position_orders_fetch
 from trading.validation import round_price
 
+from .alerts import alert_send
+from .closing import CloseState, position_close
+from .journal import event_record
 from .models import Alert, AlertKind, RiskEventKind
-from .reconcile import STOP_TYPES, _Remote, holding, order_views, position_refresh
-from .services import alert_raise, event_record, position_close, quote_problem, trigger_reason
+from .rules import quote_problem, trigger_reason
 
 log = logging.getLogger("risk.protection")
 
 POLICIES = ("protect", "flatten", "alert")
+ZERO = Decimal("0")
 LIST_LIMIT = 500
 OCO_TIME_IN_FORCE = "gtc"
 ALERT_REPEAT = timedelta(hours=1)  # the alert policy re-alerts a still-unprotected position at most hourly
 BRACKET_CLASSES = (OrderClass.BRACKET, OrderClass.OTO)
-DRY_RUN_VERBS = {"protected": "would protect", "flattened": "would flatten", "exited": "would exit",
-                 "alerted": "would alert"}
+
+
+class ProtectionAction(StrEnum):
+    NONE = "none"
+    PROTECTED = "protected"
+    FLATTENED = "flattened"
+    EXITED = "exited"
+    ALERTED = "alerted"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+DRY_RUN_VERBS = {ProtectionAction.PROTECTED: "would protect", ProtectionAction.FLATTENED: "would flatten",
+                 ProtectionAction.EXITED: "would exit", ProtectionAction.ALERTED: "would alert"}
+CLOSE_STARTED = (CloseState.CLOSED, CloseState.EXIT_PENDING)
 
 
 class ProtectionPolicyError(ValueError):
@@ -70,7 +88,7 @@ class ProtectionPolicyError(ValueError):
 class ProtectionResult:
     position: Position
     protection: str  # protected / unprotected / unknown (not judged: entry working, nothing held...)
-    action: str  # none / protected / flattened / exited / alerted / skipped / failed
+    action: ProtectionAction
     detail: str = ""
     dry_run: bool = False
     order: Order | None = None
@@ -82,7 +100,7 @@ class ProtectionResult:
 
     def line(self) -> str:
         p = self.position
-        if self.action == "none":
+        if self.action == ProtectionAction.NONE:
             action = "nothing to do"
         elif self.dry_run and self.action in DRY_RUN_VERBS:
             action = DRY_RUN_VERBS[self.action]
@@ -161,50 +179,60 @@ def protection_audit(*, policy: str | None = None, dry_run: bool = False, positi
     candidates = []
     for position in _selected(positions):
         if position.status != PositionStatus.OPEN:
-            results.append(ProtectionResult(position, position.protection, "skipped", f"position is {position.status}",
-                                            dry_run))
+            results.append(ProtectionResult(position, position.protection, ProtectionAction.SKIPPED,
+                                            f"position is {position.status}", dry_run))
         else:
             candidates.append(position)
     if not candidates:
         return results
-
-    # Two reads: every open top-level order (OCOs, standalone stops, unfilled brackets), and the
-    # newest orders of any status, because a bracket whose entry has FILLED is not an open
-    # order: Alpaca (and the paper exchange) leave it, and its live legs, out of status=open
-    # when nested. Older brackets the database still holds live are read one by one.
+    # Older brackets the database still holds live are read one by one (see _held).
     symbols = sorted({p.symbol for p in candidates})
-    remote = _Remote()
-    tops: dict[str, BrokerOrder] = {}
-    for status in ("open", "all"):
-        listed = broker.list_orders(status=status, symbols=symbols, limit=LIST_LIMIT)
-        for order in listed:
-            tops[order.id] = order
-            remote.add(order)
-
+    tops = {order.id: order for order in broker.list_orders_open_and_recent(symbols=symbols, limit=LIST_LIMIT)}
+    judged = _held(candidates, tops, results, dry_run=dry_run)
     now = timezone.now()
-    judged: list[tuple[Position, Decimal]] = []
+    unprotected = []
+    for position, held, covered in _covered(judged, candidates, tops):
+        if covered >= held:
+            results.append(_protected(position, held, covered, now, dry_run))
+        else:
+            unprotected.append((position, held, covered))
+    results.extend(_policy_apply(unprotected, policy=policy, now=now, dry_run=dry_run))
+    return results
+
+
+def _held(candidates: list[Position], tops: dict[str, BrokerOrder], results: list[ProtectionResult], *,
+          dry_run: bool) -> list[tuple[Position, Decimal]]:
+    """The positions to judge with what each holds; the others (entry still working, nothing
+    held, orders unreadable) go to `results`. Orders the broker's lists left out are read."""
+    remote = RemoteOrders(tops.values())
+    judged = []
     for position in candidates:
-        views = order_views(position, remote)
+        views = order_views(position.orders.all(), remote)
         if any(not v.is_final and (not v.broker_order_id or v.broker_order_id not in remote.by_id) for v in views):
             try:
-                for fresh in position_refresh(position, remote, apply=not dry_run):
+                for fresh in position_orders_fetch(position=position, remote=remote, apply=not dry_run):
                     tops[fresh.id] = fresh
             except BrokerError as exc:
-                results.append(ProtectionResult(position, position.protection, "failed",
+                results.append(ProtectionResult(position, position.protection, ProtectionAction.FAILED,
                                                 f"its orders could not be read: {exc}", dry_run))
                 continue
-            views = order_views(position, remote)
+            views = order_views(position.orders.all(), remote)
         h = holding(position, views)
         if h.entry_live:
-            results.append(ProtectionResult(position, Protection.UNKNOWN, "none",
+            results.append(ProtectionResult(position, Protection.UNKNOWN, ProtectionAction.NONE,
                                             "entry still working: its bracket legs protect it once filled", dry_run))
-            continue
-        if h.held <= 0:
-            results.append(ProtectionResult(position, Protection.UNKNOWN, "none",
+        elif h.held <= 0:
+            results.append(ProtectionResult(position, Protection.UNKNOWN, ProtectionAction.NONE,
                                             "nothing held by its orders (reconciliation closes it)", dry_run))
-            continue
-        judged.append((position, h.held))
+        else:
+            judged.append((position, h.held))
+    return judged
 
+
+def _covered(judged: list[tuple[Position, Decimal]], candidates: list[Position],
+             tops: dict[str, BrokerOrder]) -> list[tuple[Position, Decimal, Decimal]]:
+    """(position, held, covered by live stops): its own stops first, then the symbol's other
+    stops shared out, oldest position first."""
     ours = dict(Order.objects.filter(position__in=candidates).exclude(broker_order_id=None)
                 .values_list("broker_order_id", "position_id"))
     cover: dict[int, Decimal] = {}
@@ -212,30 +240,30 @@ def protection_audit(*, policy: str | None = None, dry_run: bool = False, positi
     for stop in _live_stops(list(tops.values())):
         owner = ours.get(stop.id) or (ours.get(stop.parent_id) if stop.parent_id else None)
         if owner is not None:
-            cover[owner] = cover.get(owner, Decimal("0")) + stop.remaining
+            cover[owner] = cover.get(owner, ZERO) + stop.remaining
         else:
-            pool[(stop.symbol, stop.side)] = pool.get((stop.symbol, stop.side), Decimal("0")) + stop.remaining
+            pool[(stop.symbol, stop.side)] = pool.get((stop.symbol, stop.side), ZERO) + stop.remaining
+    rows = []
+    for position, held in judged:
+        covered = cover.get(position.pk, ZERO)
+        key = (position.symbol, position.exit_side)
+        take = min(pool.get(key, ZERO), max(held - covered, ZERO))
+        if take > 0:
+            pool[key] -= take
+            covered += take
+        rows.append((position, held, covered))
+    return rows
 
-    unprotected: list[tuple[Position, Decimal, Decimal]] = []
-    for position, held in judged:  # own stops first, then the symbol's other stops, oldest position first
-        covered = cover.get(position.pk, Decimal("0"))
-        if covered < held:
-            key = (position.symbol, position.exit_side)
-            take = min(pool.get(key, Decimal("0")), held - covered)
-            if take > 0:
-                pool[key] -= take
-                covered += take
-        if covered >= held:
-            results.append(_protected(position, held, covered, now, dry_run))
-        else:
-            unprotected.append((position, held, covered))
 
+def _policy_apply(unprotected: list[tuple[Position, Decimal, Decimal]], *, policy: str, now,
+                  dry_run: bool) -> list[ProtectionResult]:
     quotes = {}
     if unprotected and policy != "alert":
         try:
             quotes = broker.latest_quotes({p.symbol for p, _, _ in unprotected})
         except BrokerError as exc:
             log.warning("no quotes for the protection audit: %s", exc)
+    results = []
     for position, held, covered in unprotected:
         try:
             results.append(_unprotected(position, held, covered, policy=policy, quote=quotes.get(position.symbol),
@@ -244,7 +272,7 @@ def protection_audit(*, policy: str | None = None, dry_run: bool = False, positi
             detail = f"{type(exc).__name__}: {exc}"
             if not dry_run:
                 event_record(kind=RiskEventKind.ERROR, position=position, reason="protection failed", message=detail)
-            results.append(ProtectionResult(position, Protection.UNPROTECTED, "failed", detail, dry_run))
+            results.append(ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.FAILED, detail, dry_run))
     return results
 
 
@@ -252,7 +280,7 @@ def _protected(position: Position, held: Decimal, covered: Decimal, now, dry_run
     if not dry_run:
         Position.objects.filter(pk=position.pk).update(protection=Protection.PROTECTED, protection_checked_at=now)
         position.protection, position.protection_checked_at = Protection.PROTECTED, now
-    return ProtectionResult(position, Protection.PROTECTED, "none",
+    return ProtectionResult(position, Protection.PROTECTED, ProtectionAction.NONE,
                             f"live stop for {covered.normalize():f} of {held.normalize():f}", dry_run)
 
 
@@ -268,7 +296,7 @@ def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy:
                      message=found, data={"held": str(held), "covered": str(covered), "policy": policy})
 
     if position.needs_review:
-        result = ProtectionResult(position, Protection.UNPROTECTED, "skipped",
+        result = ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.SKIPPED,
                                   f"needs review, not traded: {position.review_note[:200]}", dry_run)
     else:
         stop, target, defaults = protection_levels(position)
@@ -288,19 +316,19 @@ def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy:
         elif policy == "flatten":
             result = _flatten(position, dry_run=dry_run)
         else:
-            result = ProtectionResult(position, Protection.UNPROTECTED, "alerted", "policy alert: no order sent",
+            result = ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.ALERTED, "policy alert: no order sent",
                                       dry_run)
 
     result.found = Protection.UNPROTECTED
     if not dry_run and _should_alert(position, result, was, now):
-        alert_raise(kind=AlertKind.UNPROTECTED, position=position,
+        alert_send(kind=AlertKind.UNPROTECTED, position=position,
                     message=f"{position} {found}; policy {policy}: {result.action}"
                             + (f" ({result.detail})" if result.detail else ""))
     return result
 
 
 def _should_alert(position: Position, result: ProtectionResult, was: str, now) -> bool:
-    if result.action not in ("alerted", "skipped") or was != Protection.UNPROTECTED:
+    if result.action not in (ProtectionAction.ALERTED, ProtectionAction.SKIPPED) or was != Protection.UNPROTECTED:
         return True
     return not Alert.objects.filter(kind=AlertKind.UNPROTECTED, position=position,
                                     created_at__gte=now - ALERT_REPEAT).exists()
@@ -310,19 +338,19 @@ def _exit(position: Position, *, reason: str, price, stop, target, quote, dry_ru
     detail = f"price {price} already crossed its {'stop' if reason == CloseReason.STOP_LOSS_HIT else 'target'} " \
              f"(stop {stop}, target {target}): exit {reason}, not re-protected"
     if dry_run:
-        return ProtectionResult(position, Protection.UNPROTECTED, "exited", detail, True)
+        return ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.EXITED, detail, True)
     outcome = position_close(position=position, reason=reason, owner=f"protect-{position.pk}", price=price,
                              quote_time=quote.time if quote else None)
-    action = "exited" if outcome.state in ("closed", "exit_pending") else "failed"
+    action = ProtectionAction.EXITED if outcome.state in CLOSE_STARTED else ProtectionAction.FAILED
     return ProtectionResult(outcome.position, Protection.UNPROTECTED, action,
                             f"{detail}; {outcome.state} {outcome.detail}".strip())
 
 
 def _flatten(position: Position, *, dry_run: bool) -> ProtectionResult:
     if dry_run:
-        return ProtectionResult(position, Protection.UNPROTECTED, "flattened", "policy flatten: market exit", True)
+        return ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.FLATTENED, "policy flatten: market exit", True)
     outcome = position_close(position=position, reason=CloseReason.EMERGENCY_STOP, owner=f"protect-{position.pk}")
-    action = "flattened" if outcome.state in ("closed", "exit_pending") else "failed"
+    action = ProtectionAction.FLATTENED if outcome.state in CLOSE_STARTED else ProtectionAction.FAILED
     return ProtectionResult(outcome.position, Protection.UNPROTECTED, action,
                             f"policy flatten: {outcome.state} {outcome.detail}".strip())
 
@@ -332,7 +360,7 @@ def _protect(position: Position, held: Decimal, *, stop: Decimal, target: Decima
     levels = f"OCO {position.exit_side} {held.normalize():f} stop {stop} target {target}" + (
         " (defaults from the entry)" if defaults else "")
     if dry_run:
-        return ProtectionResult(position, Protection.UNPROTECTED, "protected", levels, True)
+        return ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.PROTECTED, levels, True)
 
     # What is left of its own exit orders (a lone target leg, a smaller OCO) holds shares the
     # OCO needs, and would double-sell later: cancel it first.
@@ -344,35 +372,15 @@ def _protect(position: Position, held: Decimal, *, stop: Decimal, target: Decima
         if position.orders.live().exclude(role=OrderRole.EXIT).exclude(broker_order_id=None).exists():
             return _protect_failed(position, "its remaining orders are not cancelled yet; try again")
 
-    order = Order.objects.create(  # written before it is sent
-        position=position,
-        client_order_id=new_client_order_id("protect"),
-        role=OrderRole.TAKE_PROFIT,
-        symbol=position.symbol,
-        side=position.exit_side,
-        qty=held,
-        type=OrderType.LIMIT,
-        order_class=OrderClass.OCO,
-        time_in_force=OCO_TIME_IN_FORCE,
-        limit_price=target,
-    )
     try:
-        remote = broker.submit_oco_exit(symbol=position.symbol, qty=held, side=position.exit_side, stop_loss=stop,
-                                        take_profit=target, time_in_force=OCO_TIME_IN_FORCE,
-                                        client_order_id=order.client_order_id)
+        order = oco_send(position=position, qty=held, stop=stop, target=target, time_in_force=OCO_TIME_IN_FORCE)
     except BrokerError as exc:
-        if not exc.outcome_unknown:
-            order.status = OrderStatus.SUBMIT_FAILED
-        order.error = str(exc)
-        order.save(update_fields=["status", "error", "synced_at"])
-        return _protect_failed(position, f"{levels} refused: {exc}", order=order)
-    order_apply(order=order, remote=remote)
+        return _protect_failed(position, f"{levels} refused: {exc}")
 
     position.refresh_from_db()
     if position.status != PositionStatus.OPEN:  # claimed for closing meanwhile: the OCO must not outlive it
-        broker.cancel_order(remote.id)
-        order_refresh(order=order)
-        return ProtectionResult(position, Protection.UNPROTECTED, "skipped",
+        order_cancel(order=order)
+        return ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.SKIPPED,
                                 f"position became {position.status} while protecting; OCO cancelled", order=order)
     updates = {"protection": Protection.PROTECTED, "protection_checked_at": timezone.now()}
     if position.stop_loss is None:
@@ -382,12 +390,12 @@ def _protect(position: Position, held: Decimal, *, stop: Decimal, target: Decima
     Position.objects.filter(pk=position.pk).update(**updates)
     position.refresh_from_db()
     event_record(kind=RiskEventKind.PROTECTED, position=position, reason="oco placed", message=levels,
-                 data={"order": remote.id, "client_order_id": order.client_order_id, "stop": str(stop),
+                 data={"order": order.broker_order_id, "client_order_id": order.client_order_id, "stop": str(stop),
                        "target": str(target), "defaults": defaults})
-    return ProtectionResult(position, Protection.PROTECTED, "protected", f"{levels}, {remote.id} {remote.status}",
-                            order=order)
+    return ProtectionResult(position, Protection.PROTECTED, ProtectionAction.PROTECTED,
+                            f"{levels}, {order.broker_order_id} {order.status}", order=order)
 
 
 def _protect_failed(position: Position, detail: str, order: Order | None = None) -> ProtectionResult:
     event_record(kind=RiskEventKind.ERROR, position=position, reason="protection failed", message=detail)
-    return ProtectionResult(position, Protection.UNPROTECTED, "failed", detail, order=order)
+    return ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.FAILED, detail, order=order)

@@ -8,7 +8,7 @@ One run (`reconcile_run`):
 2. Positions, symbol by symbol, against `list_positions()` (read after the orders, so a fill
    in between shows up as an order fill, never as a vanished position):
    - an open position whose own fills (stop/target leg, exit) closed it is closed from those
-     fills through the monitor's claim + `_finalize` path;
+     fills through the close path (claim + `position_finalize`);
    - an open position the broker no longer holds, with no closing fill of ours, is closed
      WITHOUT a price (exit_price NULL, close_reason NULL, needs_review) — never guessed;
    - a broker position with no open/closing position here is adopted (no stop, UNPROTECTED);
@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -34,31 +35,32 @@ from django.utils import timezone
 
 from trading import broker
 from trading.broker import BrokerError, BrokerOrder, BrokerPosition
+from trading.holdings import (
+    OrderView,
+    RemoteOrders,
+    close_reason_from_fills,
+    holding,
+    order_tops,
+    order_views,
+)
 from trading.models import (
-    FINAL_ORDER_STATUSES,
     Order,
     OrderRole,
     OrderStatus,
-    OrderType,
     Position,
     PositionStatus,
     Protection,
     Side,
+    leg_role,
 )
-from trading.services import order_apply, orders_cancel
+from trading.orders import order_apply, orders_cancel, position_orders_fetch
 
-from .models import AlertKind, Heartbeat, RiskEventKind
-from .services import (
-    LEG_REASONS,
-    MONITOR,
-    _closing_unlock,
-    _finalize,
-    alert_raise,
-    event_record,
-    lease_acquire,
-    lease_release,
-    position_claim,
-)
+from .alerts import alert_send
+from .claims import closing_unlock, position_claim
+from .closing import position_finalize
+from .journal import event_record
+from .lease import lease_acquire, lease_release
+from .models import MONITOR, AlertKind, Heartbeat, RiskEventKind
 
 log = logging.getLogger("risk.reconcile")
 
@@ -68,17 +70,27 @@ LIST_LIMIT = 500
 PRICE_PLACES = Decimal("0.0001")
 UNEXPLAINED_NOTE = "broker holds no position; no closing fill found"
 MISMATCH_PREFIX = "reconcile mismatch:"
-STOP_TYPES = (OrderType.STOP, OrderType.STOP_LIMIT)
 
 
 # --- The report ------------------------------------------------------------------------------
+
+
+class FindingKind(StrEnum):
+    ADOPTED = "adopted"
+    CLOSED = "closed"
+    CLOSED_UNEXPLAINED = "closed_unexplained"
+    MISMATCH = "mismatch"
+    ORDER_SYNCED = "order_synced"
+    ORDER_MISSING = "order_missing"
+    SKIPPED = "skipped"
+    ERROR = "error"
 
 
 @dataclass
 class Finding:
     """One thing reconciliation found, and what it did (or, in a dry run, would do)."""
 
-    kind: str  # adopted / closed / closed_unexplained / mismatch / order_synced / order_missing / skipped / error
+    kind: FindingKind
     symbol: str
     message: str
     position_id: int | None = None
@@ -87,7 +99,7 @@ class Finding:
 
     def line(self, *, dry_run: bool = False) -> str:
         where = f" #{self.position_id}" if self.position_id else ""
-        quiet = dry_run or self.done or self.kind in ("skipped", "error", "order_missing")
+        quiet = dry_run or self.done or self.kind in (FindingKind.SKIPPED, FindingKind.ERROR, FindingKind.ORDER_MISSING)
         state = "" if quiet else " (not done)"
         return f"{self.kind:<18} {self.symbol}{where}: {self.message}{state}"
 
@@ -103,12 +115,12 @@ class ReconcileReport:
     findings: list[Finding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def count(self, kind: str) -> int:
+    def count(self, kind: FindingKind) -> int:
         return sum(1 for f in self.findings if f.kind == kind)
 
     def counts(self) -> dict:
-        kinds = ("adopted", "closed", "closed_unexplained", "mismatch", "order_synced", "order_missing", "skipped")
-        return {kind: self.count(kind) for kind in kinds} | {"errors": len(self.errors)}
+        kinds = [kind for kind in FindingKind if kind != FindingKind.ERROR]
+        return {str(kind): self.count(kind) for kind in kinds} | {"errors": len(self.errors)}
 
     @property
     def ok(self) -> bool:
@@ -127,124 +139,6 @@ class ReconcileReport:
         return text
 
 
-# --- What the broker says about our orders, without writing it (for dry runs) --------------
-
-
-class _Remote:
-    """Broker orders by id (legs included) and by client_order_id."""
-
-    def __init__(self):
-        self.by_id: dict[str, BrokerOrder] = {}
-        self.by_client_id: dict[str, BrokerOrder] = {}
-
-    def add(self, remote: BrokerOrder) -> None:
-        self.by_id[remote.id] = remote
-        self.by_client_id[remote.client_order_id] = remote
-        for leg in remote.legs:
-            self.add(leg)
-
-    def of(self, row: Order) -> BrokerOrder | None:
-        if row.broker_order_id:
-            return self.by_id.get(row.broker_order_id)
-        return self.by_client_id.get(row.client_order_id)
-
-
-@dataclass(frozen=True)
-class OrderView:
-    """An order of a position as the broker last said it is (the row, or the broker's answer)."""
-
-    role: str
-    status: str
-    filled_qty: Decimal
-    filled_avg_price: Decimal | None
-    broker_order_id: str | None
-    client_order_id: str
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_ORDER_STATUSES
-
-
-def _leg_role(leg: BrokerOrder) -> str:
-    return OrderRole.STOP_LOSS if leg.type in STOP_TYPES else OrderRole.TAKE_PROFIT
-
-
-def order_views(position: Position, remote: "_Remote | None" = None) -> list[OrderView]:
-    """The position's orders, each overlaid with what `remote` knows of it, plus legs the
-    broker has that the database doesn't have yet."""
-    remote = remote or _Remote()
-    views, seen = [], set()
-    rows = list(position.orders.all())
-    for row in rows:
-        r = remote.of(row)
-        if r is not None:
-            seen.add(r.id)
-            views.append(OrderView(row.role, r.status, r.filled_qty, r.filled_avg_price, r.id, row.client_order_id))
-        else:
-            views.append(OrderView(row.role, row.status, row.filled_qty, row.filled_avg_price,
-                                   row.broker_order_id, row.client_order_id))
-            if row.broker_order_id:
-                seen.add(row.broker_order_id)
-    for row in rows:
-        r = remote.of(row)
-        for leg in r.legs if r is not None else ():
-            if leg.id not in seen:
-                seen.add(leg.id)
-                views.append(OrderView(_leg_role(leg), leg.status, leg.filled_qty, leg.filled_avg_price, leg.id,
-                                       leg.client_order_id))
-    return views
-
-
-@dataclass
-class Holding:
-    """How much of a position the broker should hold, from its own orders."""
-
-    entry_live: bool  # the entry may still fill
-    entry_qty: Decimal  # filled entry quantity (the position's quantity when adopted)
-    closed_qty: Decimal  # filled by its legs, OCOs and exits
-    fills: list[OrderView]  # closing fills
-
-    @property
-    def held(self) -> Decimal:
-        return self.entry_qty - self.closed_qty
-
-
-def holding(position: Position, views: list[OrderView]) -> Holding:
-    entries = [v for v in views if v.role == OrderRole.ENTRY]
-    fills = [v for v in views if v.role != OrderRole.ENTRY and v.filled_qty > 0]
-    return Holding(
-        entry_live=any(not v.is_final for v in entries),
-        entry_qty=sum((v.filled_qty for v in entries), Decimal("0")) if entries else position.quantity,
-        closed_qty=sum((v.filled_qty for v in fills), Decimal("0")),
-        fills=fills,
-    )
-
-
-def position_refresh(position: Position, remote: _Remote, *, apply: bool) -> list[BrokerOrder]:
-    """Read every live order of the position back from the broker, one call per order
-    group; written to the rows when `apply`, else only kept in `remote`. Returns what was read."""
-    tops = {}
-    for order in position.orders.all().select_related("parent"):
-        view = remote.of(order)
-        if (view.status if view is not None else order.status) in FINAL_ORDER_STATUSES:
-            continue
-        top = order.parent if order.parent_id else order
-        tops[top.pk] = top
-    read = []
-    for top in tops.values():
-        if top.broker_order_id:
-            fresh = broker.get_order(top.broker_order_id)
-        else:
-            fresh = broker.find_order_by_client_id(top.client_order_id)
-            if fresh is None:
-                continue
-        remote.add(fresh)
-        read.append(fresh)
-        if apply:
-            order_apply(order=top, remote=fresh)
-    return read
-
-
 # --- Orders ------------------------------------------------------------------------------------
 
 
@@ -258,7 +152,7 @@ def _order_changes(top: Order, remote: BrokerOrder) -> list[str]:
     for r in (remote, *remote.legs):
         row = top if r is remote else rows.get(r.id)
         if row is None:
-            changes.append(f"new {_leg_role(r)} leg {r.id} {r.status}")
+            changes.append(f"new {leg_role(r.type)} leg {r.id} {r.status}")
             continue
         if (row.broker_order_id != r.id or row.status != r.status or row.filled_qty != r.filled_qty
                 or _q(row.filled_avg_price) != _q(r.filled_avg_price)):
@@ -267,17 +161,14 @@ def _order_changes(top: Order, remote: BrokerOrder) -> list[str]:
     return changes
 
 
-def _orders_sync(report: ReconcileReport, remote: _Remote) -> None:
-    tops: dict[int, Order] = {}
-    for order in Order.objects.live().select_related("parent", "position"):
-        top = order.parent if order.parent_id else order
-        tops[top.pk] = top
+def _orders_sync(report: ReconcileReport, remote: RemoteOrders) -> None:
+    tops = order_tops(Order.objects.live().select_related("parent", "parent__position", "position"))
     if not tops:
         return
-    symbols = sorted({top.symbol for top in tops.values()})
+    symbols = sorted({top.symbol for top in tops})
     for order in broker.list_orders(status="all", symbols=symbols, limit=LIST_LIMIT):
         remote.add(order)
-    for top in sorted(tops.values(), key=lambda o: o.pk):
+    for top in sorted(tops, key=lambda o: o.pk):
         found = remote.of(top)
         if found is None:
             try:
@@ -291,7 +182,7 @@ def _orders_sync(report: ReconcileReport, remote: _Remote) -> None:
             if found is None:
                 if top.created_at < timezone.now() - ENTRY_IN_FLIGHT:
                     message = f"{top.role} {top.client_order_id} ({top.status}) is unknown to the broker; left as is"
-                    report.findings.append(Finding("order_missing", top.symbol, message, top.position_id))
+                    report.findings.append(Finding(FindingKind.ORDER_MISSING, top.symbol, message, top.position_id))
                     if not report.dry_run:
                         event_record(kind=RiskEventKind.ORDER_SYNCED, position=top.position, symbol=top.symbol,
                                      reason="order unknown to the broker", message=message)
@@ -302,7 +193,7 @@ def _orders_sync(report: ReconcileReport, remote: _Remote) -> None:
         if not changes:
             continue
         message = f"{top.role} {top.side} {top.qty.normalize():f} {top.symbol} {found.id}: " + "; ".join(changes)
-        finding = Finding("order_synced", top.symbol, message, top.position_id, data={"order": found.id})
+        finding = Finding(FindingKind.ORDER_SYNCED, top.symbol, message, top.position_id, data={"order": found.id})
         report.findings.append(finding)
         if not report.dry_run:
             order_apply(order=top, remote=found)
@@ -314,9 +205,19 @@ def _orders_sync(report: ReconcileReport, remote: _Remote) -> None:
 # --- Positions: a plan per symbol, then its execution ---------------------------------------
 
 
+class PlanKind(StrEnum):
+    CLOSE_FILLED = "close_filled"  # its own fills closed it
+    CLOSE_PARTIAL = "close_partial"  # the broker holds nothing; fills of ours cover part of it
+    CLOSE_UNEXPLAINED = "close_unexplained"  # the broker holds nothing; no fill of ours
+    ENTRY_UNFILLED = "entry_unfilled"
+    ADOPT = "adopt"
+    MISMATCH = "mismatch"
+    SKIP = "skip"
+
+
 @dataclass
 class _Action:
-    kind: str  # close_filled / close_partial / close_unexplained / entry_unfilled / adopt / mismatch / skip
+    kind: PlanKind
     symbol: str
     message: str
     position: Position | None = None
@@ -327,7 +228,7 @@ class _Action:
     @property
     def suspicious(self) -> bool:
         """Acted on only after a second look at the broker."""
-        return self.kind in ("close_partial", "close_unexplained", "adopt", "mismatch")
+        return self.kind in (PlanKind.CLOSE_PARTIAL, PlanKind.CLOSE_UNEXPLAINED, PlanKind.ADOPT, PlanKind.MISMATCH)
 
 
 def _signed(side: str, qty: Decimal) -> Decimal:
@@ -343,14 +244,14 @@ def _fills_text(fills: list[OrderView]) -> str:
 
 
 def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[Position],
-          remote: _Remote) -> list[_Action]:
+          remote: RemoteOrders) -> list[_Action]:
     if any(p.status == PositionStatus.CLOSING for p in positions):
-        return [_Action("skip", symbol, "a closing is in progress; the monitor finishes it")]
+        return [_Action(PlanKind.SKIP, symbol, "a closing is in progress; the monitor finishes it")]
     actions: list[_Action] = []
     counted: list[tuple[Position, Decimal]] = []
     pending: list[Position] = []
     for position in positions:
-        h = holding(position, order_views(position, remote))
+        h = holding(position, order_views(position.orders.all(), remote))
         if h.entry_live:
             if h.entry_qty > 0:
                 counted.append((position, h.held))
@@ -358,24 +259,22 @@ def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[P
                 pending.append(position)
             continue
         if h.entry_qty <= 0:
-            actions.append(_Action("entry_unfilled", symbol, "entry ended unfilled: closed without a price",
+            actions.append(_Action(PlanKind.ENTRY_UNFILLED, symbol, "entry ended unfilled: closed without a price",
                                    position=position))
             continue
         if h.held <= 0:
-            legs = [v for v in h.fills if v.role in LEG_REASONS]
-            reason = (LEG_REASONS[max(legs, key=lambda v: v.filled_qty).role]
-                      if legs and not any(v.role == OrderRole.EXIT for v in h.fills) else position.close_reason)
-            actions.append(_Action("close_filled", symbol, f"closed at the broker by {_fills_text(h.fills)}",
+            reason = close_reason_from_fills(h.fills, default=position.close_reason)
+            actions.append(_Action(PlanKind.CLOSE_FILLED, symbol, f"closed at the broker by {_fills_text(h.fills)}",
                                    position=position, reason=reason))
             continue
         if remote_position is None:
             if h.fills:
                 actions.append(_Action(
-                    "close_partial", symbol,
+                    PlanKind.CLOSE_PARTIAL, symbol,
                     f"broker holds no position; fills of ours cover {h.closed_qty.normalize():f} of "
                     f"{h.entry_qty.normalize():f} ({_fills_text(h.fills)})", position=position))
             else:
-                actions.append(_Action("close_unexplained", symbol, UNEXPLAINED_NOTE, position=position))
+                actions.append(_Action(PlanKind.CLOSE_UNEXPLAINED, symbol, UNEXPLAINED_NOTE, position=position))
             continue
         counted.append((position, h.held))
 
@@ -383,12 +282,12 @@ def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[P
     db_net = sum((_signed(p.side, held) for p, held in counted), Decimal("0"))
     if remote_position is not None and not counted:
         if pending:
-            actions.append(_Action("skip", symbol, "an entry of ours is still working; broker position not adopted"))
+            actions.append(_Action(PlanKind.SKIP, symbol, "an entry of ours is still working; broker position not adopted"))
         elif _entry_in_flight(symbol):
-            actions.append(_Action("skip", symbol, "an entry of ours is being sent; broker position not adopted"))
+            actions.append(_Action(PlanKind.SKIP, symbol, "an entry of ours is being sent; broker position not adopted"))
         else:
             actions.append(_Action(
-                "adopt", symbol,
+                PlanKind.ADOPT, symbol,
                 f"broker holds {_describe(remote_position.side, remote_position.qty, symbol)} "
                 f"@ {remote_position.avg_entry_price} unknown here: adopted with no stop",
                 remote=remote_position))
@@ -396,7 +295,7 @@ def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[P
         broker_text = (_describe(remote_position.side, remote_position.qty, symbol) if remote_position
                        else f"no {symbol}")
         ours = ", ".join(f"#{p.pk} {_describe(p.side, held, '')}".strip() for p, held in counted)
-        actions.append(_Action("mismatch", symbol, f"broker holds {broker_text}; database holds {ours}",
+        actions.append(_Action(PlanKind.MISMATCH, symbol, f"broker holds {broker_text}; database holds {ours}",
                                positions=[p for p, _ in counted], remote=remote_position))
     return actions
 
@@ -411,12 +310,12 @@ def _entry_in_flight(symbol: str) -> bool:
 
 
 def _symbol_reconcile(report: ReconcileReport, symbol: str, remote_position: BrokerPosition | None,
-                      positions: list[Position], remote: _Remote) -> None:
+                      positions: list[Position], remote: RemoteOrders) -> None:
     actions = _plan(symbol, remote_position, positions, remote)
     if any(a.suspicious for a in actions):
         # A second look: the symbol's live orders and its broker position, read again now.
         for position in positions:
-            position_refresh(position, remote, apply=not report.dry_run)
+            position_orders_fetch(position=position, remote=remote, apply=not report.dry_run)
         remote_position = broker.get_position(symbol)
         positions = list(Position.objects.active().filter(symbol=symbol).order_by("opened_at", "pk"))
         actions = _plan(symbol, remote_position, positions, remote)
@@ -425,12 +324,12 @@ def _symbol_reconcile(report: ReconcileReport, symbol: str, remote_position: Bro
 
 
 def _execute(report: ReconcileReport, action: _Action) -> None:
-    if action.kind == "skip":
-        report.findings.append(Finding("skipped", action.symbol, action.message))
+    if action.kind == PlanKind.SKIP:
+        report.findings.append(Finding(FindingKind.SKIPPED, action.symbol, action.message))
         return
-    if action.kind == "adopt":
+    if action.kind == PlanKind.ADOPT:
         _adopt(report, action)
-    elif action.kind == "mismatch":
+    elif action.kind == PlanKind.MISMATCH:
         _flag_mismatch(report, action)
     else:
         _close(report, action)
@@ -438,7 +337,7 @@ def _execute(report: ReconcileReport, action: _Action) -> None:
 
 def _adopt(report: ReconcileReport, action: _Action) -> None:
     remote = action.remote
-    finding = Finding("adopted", action.symbol, action.message,
+    finding = Finding(FindingKind.ADOPTED, action.symbol, action.message,
                       data={"side": remote.side, "qty": str(remote.qty), "avg_entry_price": str(remote.avg_entry_price)})
     report.findings.append(finding)
     if report.dry_run:
@@ -461,7 +360,7 @@ def _adopt(report: ReconcileReport, action: _Action) -> None:
     finding.done = True
     event_record(kind=RiskEventKind.ADOPTED, position=position, price=position.entry_price, reason="adopted",
                  message=action.message, data=finding.data)
-    alert_raise(kind=AlertKind.ADOPTED, position=position,
+    alert_send(kind=AlertKind.ADOPTED, position=position,
                 message=f"Adopted {position} from the broker @ {position.entry_price}: it has no stop "
                         f"and is UNPROTECTED until the protection audit covers it.")
 
@@ -469,7 +368,7 @@ def _adopt(report: ReconcileReport, action: _Action) -> None:
 def _flag_mismatch(report: ReconcileReport, action: _Action) -> None:
     note = f"{MISMATCH_PREFIX} {action.message}"
     for position in action.positions:
-        finding = Finding("mismatch", action.symbol, action.message + "; flagged for review, not traded",
+        finding = Finding(FindingKind.MISMATCH, action.symbol, action.message + "; flagged for review, not traded",
                           position.pk, data={"note": note})
         report.findings.append(finding)
         if report.dry_run:
@@ -483,16 +382,17 @@ def _flag_mismatch(report: ReconcileReport, action: _Action) -> None:
         event_record(kind=RiskEventKind.MISMATCH, position=position, reason="quantity or side mismatch",
                      message=action.message, data={"already_flagged": already})
         if not already:
-            alert_raise(kind=AlertKind.MISMATCH, position=position,
+            alert_send(kind=AlertKind.MISMATCH, position=position,
                         message=f"Reconciliation mismatch for {position}: {action.message}. "
                                 f"Flagged for review; nothing was traded.")
 
 
 def _close(report: ReconcileReport, action: _Action) -> None:
     """Close through the monitor's path: claim (open -> closing), cancel what is left of its
-    orders so nothing fills later, then `_finalize` from the real fills (none: no price)."""
+    orders so nothing fills later, then `position_finalize` from the real fills (none: no price)."""
     position = action.position
-    kind = "closed_unexplained" if action.kind in ("close_unexplained", "close_partial") else "closed"
+    unexplained = action.kind in (PlanKind.CLOSE_UNEXPLAINED, PlanKind.CLOSE_PARTIAL)
+    kind = FindingKind.CLOSED_UNEXPLAINED if unexplained else FindingKind.CLOSED
     finding = Finding(kind, action.symbol, action.message, position.pk)
     report.findings.append(finding)
     if report.dry_run:
@@ -507,19 +407,13 @@ def _close(report: ReconcileReport, action: _Action) -> None:
         if position.orders.live().exclude(broker_order_id=None).exists():
             orders_cancel(position=position)  # e.g. a leg left live on a position the broker no longer holds
         position.refresh_from_db()
-        if action.kind == "close_unexplained":
-            note = UNEXPLAINED_NOTE
-        elif action.kind == "close_partial":
-            note = action.message
-        elif action.kind == "entry_unfilled":
-            note = "entry never filled"
-        else:
-            note = ""
-        _finalize(position, list(position.orders.all()), note=note)
+        notes = {PlanKind.CLOSE_UNEXPLAINED: UNEXPLAINED_NOTE, PlanKind.CLOSE_PARTIAL: action.message,
+                 PlanKind.ENTRY_UNFILLED: "entry never filled"}
+        position_finalize(position, list(position.orders.all()), note=notes.get(action.kind, ""))
     except Exception:
-        _closing_unlock(position_id=position.pk, owner=owner)  # left closing: the monitor carries on
+        closing_unlock(position_id=position.pk, owner=owner)  # left closing: the monitor carries on
         raise
-    if action.kind == "close_partial":
+    if action.kind == PlanKind.CLOSE_PARTIAL:
         # The fills of ours cover only part of it: an average of those is not its exit price.
         Position.objects.filter(pk=position.pk).update(needs_review=True, exit_price=None)
     position.refresh_from_db()
@@ -528,13 +422,14 @@ def _close(report: ReconcileReport, action: _Action) -> None:
     finding.message += f" -> {position.status}, {position.close_reason or 'no close reason'}, {exit_text}"
     event_record(kind=RiskEventKind.RECONCILED, position=position, price=position.exit_price,
                  reason=f"closed from the broker: {action.kind}", message=finding.message)
-    if kind == "closed_unexplained":
-        alert_raise(kind=AlertKind.MISMATCH, position=position,
+    if unexplained:
+        alert_send(kind=AlertKind.MISMATCH, position=position,
                     message=f"Reconciliation closed {position} without a price: {action.message}. "
                             f"Check the broker's activity and fill in the exit.")
 
 
-def _positions_reconcile(report: ReconcileReport, remote_positions: list[BrokerPosition], remote: _Remote) -> None:
+def _positions_reconcile(report: ReconcileReport, remote_positions: list[BrokerPosition],
+                         remote: RemoteOrders) -> None:
     remote_by_symbol = {p.symbol: p for p in remote_positions}
     active = list(Position.objects.active().order_by("opened_at", "pk"))
     report.broker_positions = len(remote_positions)
@@ -548,7 +443,7 @@ def _positions_reconcile(report: ReconcileReport, remote_positions: list[BrokerP
         except (BrokerError, DatabaseError) as exc:
             message = f"{symbol}: {type(exc).__name__}: {exc}"
             report.errors.append(message)
-            report.findings.append(Finding("error", symbol, message))
+            report.findings.append(Finding(FindingKind.ERROR, symbol, message))
             if not report.dry_run:
                 event_record(kind=RiskEventKind.ERROR, symbol=symbol, reason="reconcile failed", message=message)
 
@@ -568,7 +463,7 @@ def reconcile_run(*, dry_run: bool = False) -> ReconcileReport:
             if not leased:
                 report.errors.append("another reconciliation is running")
                 return _finish(report, record=False)
-        remote = _Remote()
+        remote = RemoteOrders()
         _orders_sync(report, remote)
         remote_positions = broker.list_positions()  # after the orders: see _plan
         _positions_reconcile(report, remote_positions, remote)
@@ -588,7 +483,8 @@ def reconcile_run(*, dry_run: bool = False) -> ReconcileReport:
 def _finish(report: ReconcileReport, *, record: bool) -> ReconcileReport:
     report.finished_at = timezone.now()
     summary = report.summary()
-    (log.warning if report.errors or any(f.kind in ("mismatch", "closed_unexplained", "adopted")
+    (log.warning if report.errors or any(f.kind in (FindingKind.MISMATCH, FindingKind.CLOSED_UNEXPLAINED,
+                                                    FindingKind.ADOPTED)
                                          for f in report.findings) else log.info)(summary)
     if record:
         event_record(kind=RiskEventKind.RECONCILED, reason="reconcile run", message=summary,

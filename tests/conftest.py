@@ -2,7 +2,7 @@ import pytest
 
 from tests.figures import figures, pytest_terminal_summary  # noqa: F401
 from tests.paper_exchange_fixtures import *  # noqa: F401,F403
-from trading.services import trading_state_set
+from risk.trading_state import trading_state_set
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,9 @@
 """Small helpers the test modules share."""
 
 from trading.models import Order, Position, TradingMode
-from trading.services import submit_bracket_order, trading_state, trading_state_set
+from risk.entries import submit_bracket_order
+from risk.trading_state import trading_state_set
+from trading.selectors import trading_state
 
 LEVELS = {"AAPL": ("140", "160"), "MSFT": ("390", "410")}  # stop, target of a long around the quotes
 

@@ -24,7 +24,9 @@ from trading.models import (
     TradingMode,
     TradingStateChange,
 )
-from trading.services import submit_bracket_order, trading_state, trading_state_set
+from risk.entries import submit_bracket_order
+from risk.trading_state import trading_state_set
+from trading.selectors import trading_state
 
 pytestmark = pytest.mark.django_db
 
@@ -167,7 +169,7 @@ def test_positions_changelist_shows_pnl_protection_and_the_status(operator, exch
 
 
 def test_the_count_is_capped_on_huge_tables(operator, monkeypatch):
-    from trading.admin import CappedCountPaginator
+    from console.admin.base import CappedCountPaginator
 
     monkeypatch.setattr(CappedCountPaginator, "cap", 5)
     _rows(8)

@@ -21,7 +21,7 @@ from trading.models import (
     TradingMode,
     TradingStateChange,
 )
-from trading.services import trading_state
+from trading.selectors import trading_state
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from risk.models import RiskEvent
 from trading import broker
 from trading.broker import BrokerError
 from trading.models import Order, OrderRole, OrderStatus, Position, PositionStatus, Protection
-from trading.services import BracketNotProtected, TradingHalted, submit_bracket_order
+from risk.entries import BracketNotProtected, TradingHalted, submit_bracket_order
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from risk.models import Heartbeat
 from trading.models import CloseReason, Position, PositionStatus, Protection
-from trading.services import submit_bracket_order, trading_state_set
+from risk.entries import submit_bracket_order
+from risk.trading_state import trading_state_set
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

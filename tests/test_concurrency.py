@@ -12,7 +12,7 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from risk.models import RiskEvent
-from risk.services import monitor_cycle
+from risk.monitor import monitor_cycle
 from trading.models import CloseReason, Order, OrderRole, Position, PositionStatus, Side
 
 pytestmark = [

@@ -8,11 +8,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from risk import services as risk_services
+from risk import closing
 from risk.models import Heartbeat, RiskEvent
-from risk.services import monitor_cycle, position_close, trigger_reason
+from risk.closing import position_close
+from risk.monitor import monitor_cycle
+from risk.rules import trigger_reason
 from trading.models import CloseReason, OrderRole, OrderStatus, Position, PositionStatus
-from trading.services import BracketNotProtected, submit_bracket_order
+from risk.entries import BracketNotProtected, submit_bracket_order
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("active")]  # `exchange`: tests/conftest.py
 
@@ -170,7 +172,7 @@ def test_crash_between_cancelling_legs_and_sending_the_exit_is_finished_once(exc
     def crash(**kwargs):
         raise SystemExit("killed")
 
-    monkeypatch.setattr(risk_services, "exit_submit", crash)
+    monkeypatch.setattr(closing, "exit_send", crash)
     with pytest.raises(SystemExit):
         monitor_cycle()
     monkeypatch.undo()
@@ -194,16 +196,16 @@ def test_crash_between_cancelling_legs_and_sending_the_exit_is_finished_once(exc
 def test_exit_sent_but_crash_before_recording_it_is_not_sent_again(exchange, monkeypatch):
     position = unprotected(exchange)
     exchange.control.set_quote("AAPL", "138.00", "138.02")
-    from trading import services as trading_services
+    from trading import orders as trading_orders
 
-    real_apply = trading_services.order_apply
+    real_apply = trading_orders.order_apply
 
     def crash_on_exit(*, order, remote):
         if order.role == OrderRole.EXIT:
             raise SystemExit("killed after the broker accepted the exit")
         return real_apply(order=order, remote=remote)
 
-    monkeypatch.setattr(trading_services, "order_apply", crash_on_exit)
+    monkeypatch.setattr(trading_orders, "order_apply", crash_on_exit)
     with pytest.raises(SystemExit):
         monitor_cycle()
     monkeypatch.undo()
@@ -354,19 +356,20 @@ def test_runmonitor_once_exit_codes(exchange, capsys):
 def test_schedule_is_created_once_however_often_we_migrate():
     from django_q.models import Schedule
 
-    from risk.schedule import SCHEDULE_NAME
+    from console.schedule import SCHEDULE_NAME
 
     call_command("migrate", verbosity=0)
     call_command("migrate", verbosity=0)
     schedule = Schedule.objects.get(name=SCHEDULE_NAME)
-    assert schedule.func == "risk.tasks.monitor_task"
+    assert schedule.func == "console.tasks.monitor_task"
     assert schedule.cron == "* * * * * */30"
-    assert Schedule.objects.filter(func="risk.tasks.monitor_task").count() == 1
+    assert Schedule.objects.filter(func="console.tasks.monitor_task").count() == 1
 
 
 def test_lease_keeps_one_cycle_at_a_time_and_expires(exchange):
     from risk.models import Lease
-    from risk.services import lease_acquire, monitor_tick
+    from risk.lease import lease_acquire
+    from risk.monitor import monitor_tick
 
     assert lease_acquire(name="monitor", holder="a", seconds=60)
     assert monitor_tick(holder="b") is None  # a holds it
@@ -375,19 +378,19 @@ def test_lease_keeps_one_cycle_at_a_time_and_expires(exchange):
 
 
 def test_scheduled_task_runs_a_cycle(exchange):
-    from risk.tasks import monitor_task
+    from console.tasks import monitor_task
 
     assert "checked=" in monitor_task()
     assert Heartbeat.objects.get(name="monitor").cycles == 1
 
 
 def test_monitor_start_up_reconciles_and_protects_what_the_broker_holds(exchange):
-    from risk.services import monitor_tick
+    from risk.monitor import monitor_tick
 
     exchange.control.set_position("MSFT", 7, "400.00")  # left at the broker, unknown here
     exchange.control.set_quote("MSFT", "409.99", "410.01")
 
-    monitor_tick(holder="starting-monitor", housekeeping=True)
+    monitor_tick(holder="starting-monitor", housekeeping_now=True)
 
     adopted = Position.objects.get(symbol="MSFT")
     assert adopted.adopted and adopted.quantity == 7 and adopted.side == "long"

@@ -561,7 +561,7 @@ def test_partial_fill_fault_on_bracket_entry(ex, tc):
 def test_paperquote_command(ex):
     from django.core.management.base import CommandError
 
-    from trading.management.commands.paperquote import Command
+    from console.management.commands.paperquote import Command
 
     def run(*argv):
         out = io.StringIO()

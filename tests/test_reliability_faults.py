@@ -6,10 +6,11 @@ from decimal import Decimal
 import pytest
 
 from risk.models import RiskEvent
-from risk.services import monitor_cycle
+from risk.monitor import monitor_cycle
 from trading.broker import BrokerError
 from trading.models import Order, OrderRole, OrderStatus, Position, PositionStatus
-from trading.services import submit_bracket_order, trading_state_set
+from risk.entries import submit_bracket_order
+from risk.trading_state import trading_state_set
 
 pytestmark = [pytest.mark.django_db, pytest.mark.reliability]
 

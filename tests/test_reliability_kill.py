@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from risk.services import monitor_tick
+from risk.monitor import monitor_tick
 from trading.models import OrderRole, OrderStatus, Position, PositionStatus
-from trading.services import submit_bracket_order, trading_state_set
+from risk.entries import submit_bracket_order
+from risk.trading_state import trading_state_set
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
 

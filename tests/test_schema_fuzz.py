@@ -32,7 +32,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from trading.services import submit_bracket_order, trading_state_set
+from risk.entries import submit_bracket_order
+from risk.trading_state import trading_state_set
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 

@@ -31,7 +31,9 @@ from rest_framework.test import APIClient
 
 from risk.models import Alert, RiskEvent
 from trading.models import Order, Position, PositionStatus, TradingMode
-from trading.services import submit_bracket_order, trading_state, trading_state_set
+from risk.entries import submit_bracket_order
+from risk.trading_state import trading_state_set
+from trading.selectors import trading_state
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -390,7 +392,7 @@ def test_the_default_rates_are_in_force():
     """The settings carry a rate for every scope the views use, and the views use them."""
     from django.conf import settings
 
-    from trading.api import views
+    from console.api import views
 
     rates = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
     assert views.TestOrderView.throttle_scope in rates
@@ -430,7 +432,7 @@ def test_the_broker_keys_never_appear(exchange, settings, caplog, capfd):
         caplog.set_level(logging.DEBUG, logger=noisy)
 
     from risk.alerts import alert_threads_join
-    from risk.services import monitor_cycle
+    from risk.monitor import monitor_cycle
 
     admin = User.objects.create_superuser("admin", password=PASSWORD)
     api = _token_client(admin)

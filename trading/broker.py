@@ -440,6 +440,22 @@ def list_orders(*, status: str = "open", symbols: Iterable[str] | None = None, l
     return orders
 
 
+def list_orders_open_and_recent(*, symbols: Iterable[str] | None = None, limit: int = 500) -> list[BrokerOrder]:
+    """The open top-level orders and the newest orders of any status, each once. Asked twice
+    because, nested, the live legs of a bracket whose entry has FILLED come under a parent
+    that is no longer "open": Alpaca leaves them out of status=open."""
+    tops: dict[str, BrokerOrder] = {}
+    for status in ("open", "all"):
+        for order in list_orders(status=status, symbols=symbols, limit=limit):
+            tops[order.id] = order
+    return list(tops.values())
+
+
+def live_orders() -> list[BrokerOrder]:
+    """Every order the broker may still act on, legs included, as one flat list."""
+    return [order for top in list_orders_open_and_recent() for order in (top, *top.legs) if not order.is_final]
+
+
 def cancel_order(order_id: str) -> bool:
     """Cancel one order. False when it was already final (filled, cancelled...)."""
     try:

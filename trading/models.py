@@ -147,6 +147,18 @@ class OrderType(models.TextChoices):
     STOP_LIMIT = "stop_limit"
 
 
+STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
+
+
+def leg_role(order_type: str) -> str:
+    """A bracket or OCO leg's role from its type: the stop is the stop-loss, the limit the target."""
+    return OrderRole.STOP_LOSS if order_type in STOP_TYPES else OrderRole.TAKE_PROFIT
+
+
+# Which close reason a leg's fill means.
+LEG_CLOSE_REASONS = {OrderRole.STOP_LOSS: CloseReason.STOP_LOSS_HIT, OrderRole.TAKE_PROFIT: CloseReason.TAKE_PROFIT_HIT}
+
+
 class OrderClass(models.TextChoices):
     SIMPLE = "simple"
     BRACKET = "bracket"

@@ -11,7 +11,15 @@ from decimal import Decimal
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
-from .models import Order, OrderRole, Position, PositionStatus, Protection, TradingStateChange
+from .models import (
+    Order,
+    OrderRole,
+    Position,
+    PositionStatus,
+    Protection,
+    TradingMode,
+    TradingStateChange,
+)
 
 CLOSE_REASON_DEFAULT_DAYS = 30
 
@@ -128,6 +136,18 @@ def close_reason_summary(*, start: date, end: date) -> list[CloseReasonRow]:
             )
         )
     return result
+
+
+def trading_state() -> TradingStateChange:
+    """The state in force. A fresh install starts HALTED: verify, then resume."""
+    latest = TradingStateChange.objects.order_by("-changed_at", "-id").first()
+    if latest is None:
+        return TradingStateChange(
+            mode=TradingMode.HALTED,
+            reason="Initial state: verify a test bracket and the monitor, then resume.",
+            changed_by_name="system",
+        )
+    return latest
 
 
 def trading_state_history(*, limit: int = 50) -> list[TradingStateChange]:

@@ -1,7 +1,9 @@
 """`manage.py runmonitor`: the fallback monitor as a precise loop.
 
 Each iteration is one small step (`monitor_tick`); SIGINT/SIGTERM only set a flag, and
-the loop exits after the current cycle.
+the loop exits after the current cycle. Housekeeping (reconciliation and the protection
+audit, seconds at thousands of positions) runs in a thread of this process beside the
+cycles, one at a time, so detection never waits for it.
 """
 
 import os
@@ -13,9 +15,35 @@ import uuid
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
 
-from risk.services import MONITOR, lease_release, monitor_tick
+from risk.lease import lease_release
+from risk.models import MONITOR
+from risk.monitor import monitor_tick
 from trading.broker import describe
+
+
+class Housekeeper:
+    """Runs housekeeping in a background thread, at most one at a time."""
+
+    def __init__(self, stderr):
+        self.stderr = stderr
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, job) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return
+
+        def run():
+            try:
+                job()
+            except Exception as exc:  # a thread must not die silently; the next run tries again
+                self.stderr.write(f"housekeeping failed: {type(exc).__name__}: {exc}")
+            finally:
+                close_old_connections()
+
+        self.thread = threading.Thread(target=run, name="housekeeping", daemon=True)
+        self.thread.start()
 
 
 class Command(BaseCommand):
@@ -33,7 +61,7 @@ class Command(BaseCommand):
         holder = f"runmonitor:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stdout.write(f"monitor {holder} on {describe()}, every {interval:g}s")
         if once:
-            result = monitor_tick(holder=holder, housekeeping=True)
+            result = monitor_tick(holder=holder, housekeeping_now=True)
             if result is None:
                 raise CommandError("another monitor holds the lease; nothing done")
             self.stdout.write(self._line(result))
@@ -49,12 +77,13 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         first = True
+        housekeeper = Housekeeper(self.stderr)
         try:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    result = monitor_tick(holder=holder, keep_lease=True, housekeeping=True if first else None,
-                                          background=True)
+                    result = monitor_tick(holder=holder, keep_lease=True, housekeeping_now=True if first else None,
+                                          run_housekeeping=housekeeper)
                     first = first and result is None  # start-up housekeeping happens on the first cycle run
                 except Exception as exc:  # the loop outlives any single failure
                     self.stderr.write(f"cycle failed: {type(exc).__name__}: {exc}")

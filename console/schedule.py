@@ -17,7 +17,7 @@ def monitor_schedule_ensure(**kwargs) -> None:
     Schedule.objects.update_or_create(
         name=SCHEDULE_NAME,
         defaults={
-            "func": "risk.tasks.monitor_task",
+            "func": "console.tasks.monitor_task",
             "schedule_type": Schedule.CRON,
             "cron": cron,
             "repeats": -1,

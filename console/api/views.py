@@ -10,13 +10,19 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from risk.checklist import ChecklistNotPassed, checklist_run, trading_mode_change
+from risk.checklist import checklist_run
+from risk.entries import BracketNotProtected, TradingHalted, submit_bracket_order
 from risk.flatten import flatten, outcome_summary
 from risk.selectors import monitor_status
+from risk.trading_state import ChecklistNotPassed, trading_mode_change
 from trading.broker import BrokerError
 from trading.models import Order
-from trading.selectors import order_with_legs, positions_list, trading_state_history
-from trading.services import BracketNotProtected, TradingHalted, submit_bracket_order, trading_state
+from trading.selectors import (
+    order_with_legs,
+    positions_list,
+    trading_state,
+    trading_state_history,
+)
 from trading.validation import OrderValidationError
 
 from . import permissions as perms

@@ -1,4 +1,4 @@
-from . import broker as broker_module
+from trading import broker as broker_module
 
 
 def broker(request):

@@ -2,22 +2,13 @@
 alerts and the heartbeat are written by the monitor alone."""
 
 from django.contrib import admin
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from trading.admin import ReadOnlyAdmin
+from risk.models import Alert, Heartbeat, Lease, RiskEvent
+from risk.selectors import monitor_stale_after_seconds
 
-from .models import Alert, Heartbeat, Lease, RiskEvent
-from .selectors import monitor_stale_after_seconds
-
-
-
-def _position_link(position_id: int | None) -> str:
-    if position_id is None:
-        return "-"
-    return format_html('<a href="{}">#{}</a>', reverse("admin:trading_position_change", args=[position_id]),
-                       position_id)
+from .base import ReadOnlyAdmin, change_link
 
 
 @admin.register(RiskEvent)
@@ -39,7 +30,7 @@ class RiskEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="position")
     def position_link(self, obj: RiskEvent) -> str:
-        return _position_link(obj.position_id)
+        return change_link("position", obj.position_id)
 
     @admin.display(description="message")
     def short_message(self, obj: RiskEvent) -> str:
@@ -58,7 +49,7 @@ class AlertAdmin(ReadOnlyAdmin):
 
     @admin.display(description="position")
     def position_link(self, obj: Alert) -> str:
-        return _position_link(obj.position_id)
+        return change_link("position", obj.position_id)
 
 
 @admin.register(Heartbeat)

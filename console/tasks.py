@@ -4,7 +4,7 @@ import os
 import socket
 import uuid
 
-from .services import monitor_tick
+from risk.monitor import monitor_tick
 
 
 def monitor_task() -> str:

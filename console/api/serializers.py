@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
+from risk.closing import CloseState
 from trading.models import Order, Position, PositionStatus, TradingMode
 
 
@@ -217,7 +218,7 @@ class CloseResultSerializer(serializers.Serializer):
     symbol = serializers.CharField(source="position.symbol")
     side = serializers.CharField(source="position.side")
     quantity = serializers.DecimalField(source="position.quantity", max_digits=20, decimal_places=9)
-    state = serializers.ChoiceField(choices=["closed", "exit_pending", "waiting", "error", "skipped", "locked"])
+    state = serializers.ChoiceField(choices=[state.value for state in CloseState])
     detail = serializers.CharField()
     summary = serializers.CharField()
     status = serializers.CharField(source="position.status")

@@ -4,7 +4,6 @@ from django.core.management.base import BaseCommand, CommandError
 
 from paper_exchange.server import serve
 
-
 DEMO_QUOTES = [
     ("AAPL", "189.98", "190.02"),
     ("MSFT", "414.95", "415.05"),

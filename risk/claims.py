@@ -1,0 +1,44 @@
+"""Claiming a position for closing: exactly one claimant wins, and a dead worker's lock expires.
+
+The claim is a compare-and-set (open -> closing); the per-position lock (lock_owner,
+locked_until) says which worker is stepping a closing position now.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from trading.models import Position, PositionStatus
+
+
+def lock_span() -> timedelta:
+    return timedelta(seconds=settings.MONITOR_LEASE_SECONDS)
+
+
+def position_claim(*, position_id: int, reason: str | None, owner: str) -> bool:
+    """Move one position from open to closing. True for exactly one caller, however many race."""
+    now = timezone.now()
+    with transaction.atomic():
+        candidates = Position.objects.filter(pk=position_id, status=PositionStatus.OPEN)
+        if connection.features.has_select_for_update_skip_locked:
+            if not list(candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)):
+                return False
+        return candidates.update(
+            status=PositionStatus.CLOSING, close_reason=reason, lock_owner=owner, locked_until=now + lock_span()
+        ) == 1
+
+
+def closing_lock(*, position_id: int, owner: str) -> bool:
+    """Take the working lock on a closing position, unless a live worker holds it."""
+    now = timezone.now()
+    free = Q(locked_until__isnull=True) | Q(locked_until__lt=now) | Q(lock_owner=owner)
+    return Position.objects.filter(Q(pk=position_id, status=PositionStatus.CLOSING) & free).update(
+        lock_owner=owner, locked_until=now + lock_span()
+    ) == 1
+
+
+def closing_unlock(*, position_id: int, owner: str) -> None:
+    Position.objects.filter(pk=position_id, lock_owner=owner).update(lock_owner="", locked_until=None)

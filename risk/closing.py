@@ -1,0 +1,262 @@
+"""The one safe way to close a position.
+
+The monitor, the admin, the API, reconciliation and the protection audit all close through
+here: claim (compare-and-set open -> closing), cancel the remaining legs, exit once on the
+correct side with a deterministic client_order_id, and close from the real fill.
+"""
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from trading import broker
+from trading.broker import BrokerError
+from trading.holdings import close_reason_from_fills, holding
+from trading.models import Order, OrderRole, OrderStatus, Position, PositionStatus
+from trading.orders import exit_send, orders_cancel, position_orders_refresh
+
+from .alerts import alert_send
+from .claims import closing_lock, closing_unlock, position_claim
+from .journal import event_record
+from .models import AlertKind, RiskEvent, RiskEventKind
+
+ZERO = Decimal("0")
+UNATTRIBUTED = "the broker's shares in the symbol are accounted to other positions; trying again next cycle"
+
+
+class CloseState(StrEnum):
+    CLOSED = "closed"
+    EXIT_PENDING = "exit_pending"
+    WAITING = "waiting"  # nothing sent yet: orders still being cancelled, or shares not attributable
+    ERROR = "error"
+    SKIPPED = "skipped"  # not claimed: already closing or closed
+    LOCKED = "locked"  # another worker is stepping it
+
+
+@dataclass
+class CloseOutcome:
+    position: Position
+    state: CloseState
+    detail: str = ""
+
+
+def position_finalize(position: Position, orders: list[Order], *, note: str = "") -> CloseOutcome:
+    """Close a claimed position from its real fills: exit price = their weighted average."""
+    h = holding(position, orders)
+    fills = [o for o in h.fills if o.filled_avg_price is not None]
+    update = dict(status=PositionStatus.CLOSED, close_reason=close_reason_from_fills(fills, default=position.close_reason),
+                  lock_owner="", locked_until=None, updated_at=timezone.now())
+    if fills:
+        qty = sum((o.filled_qty for o in fills), ZERO)
+        update["exit_price"] = (sum((o.filled_qty * o.filled_avg_price for o in fills), ZERO) / qty).quantize(
+            Decimal("0.0001"))
+        update["closed_at"] = max((o.filled_at for o in fills if o.filled_at), default=timezone.now())
+    else:
+        update["closed_at"] = timezone.now()
+        update["needs_review"] = h.entry_qty > 0
+        note = note or ("the broker holds nothing and no fill of ours closed it" if h.entry_qty > 0
+                        else "entry never filled")
+    if h.entry_qty > 0 and h.entry_qty != position.quantity:
+        update["quantity"] = h.entry_qty
+    if note:
+        update["review_note"] = note
+    entry = next((o for o in orders if o.role == OrderRole.ENTRY and o.filled_avg_price), None)
+    if entry is not None:
+        update["entry_price"] = entry.filled_avg_price
+    Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING).update(**update)
+    position.refresh_from_db()
+    event_record(kind=RiskEventKind.CLOSED, position=position, price=position.exit_price,
+                 reason=position.close_reason or "", message=note or f"closed at {position.exit_price}",
+                 data={"pnl": position.realised_pnl})
+    return CloseOutcome(position, CloseState.CLOSED, note)
+
+
+def _held_by_others(position: Position) -> Decimal:
+    """What our other active positions in the symbol hold by their records. While another
+    position's exit is filling, its record lags the broker, so this can only overstate."""
+    others = (Position.objects.active().filter(symbol=position.symbol, side=position.side).exclude(pk=position.pk)
+              .prefetch_related("orders"))
+    return max(sum((holding(o, o.orders.all()).held for o in others), ZERO), ZERO)
+
+
+def _to_exit(position: Position, orders: list[Order]) -> Decimal | None:
+    """How much to exit for this position: 0 when it is flat (its own fills cover it, or the
+    broker holds nothing on its side); None when every share the broker holds is accounted
+    to our other positions in the symbol (their records are catching up: try again next
+    cycle). Never more than the broker holds beyond the others, so an exit can't sell
+    another position's shares."""
+    remaining = holding(position, orders).held
+    if remaining <= 0:
+        return ZERO
+    remote = broker.get_position(position.symbol)
+    if remote is None or remote.side != position.side:
+        return ZERO
+    attributable = remote.qty - _held_by_others(position)
+    if attributable <= 0:
+        return None
+    return min(remaining, attributable)
+
+
+def _progress(position: Position) -> CloseOutcome:
+    """One idempotent step towards closing a claimed position. Safe to repeat after a crash."""
+    orders = position_orders_refresh(position=position)
+    if any(o.role == OrderRole.EXIT and not o.is_final and o.broker_order_id for o in orders):
+        return CloseOutcome(position, CloseState.EXIT_PENDING, "waiting for the exit to fill")
+
+    held = _to_exit(position, orders)
+    if held is None:
+        return CloseOutcome(position, CloseState.WAITING, UNATTRIBUTED)
+    if held <= 0:
+        if position.orders.live().exclude(broker_order_id=None).exists():
+            orders_cancel(position=position)  # an unfilled entry and its legs must not fill later
+        return position_finalize(position, list(position.orders.all()))
+
+    cancelled = orders_cancel(position=position)
+    if cancelled:
+        event_record(kind=RiskEventKind.LEGS_CANCELLED, position=position,
+                     message=", ".join(f"{o.role} {o.broker_order_id}: {o.status}" for o in cancelled))
+        orders = list(position.orders.all())
+        still_live = [o for o in orders if o.role != OrderRole.EXIT and not o.is_final]
+        if still_live:
+            return CloseOutcome(position, CloseState.WAITING, f"{len(still_live)} orders not yet cancelled")
+        # A leg may have filled while it was being cancelled: ask again before exiting.
+        held = _to_exit(position, orders)
+        if held is None:
+            return CloseOutcome(position, CloseState.WAITING, UNATTRIBUTED)
+        if held <= 0:
+            return position_finalize(position, orders)
+    return _exit(position, held)
+
+
+def _exit(position: Position, qty: Decimal) -> CloseOutcome:
+    try:
+        exit_order = exit_send(position=position, qty=qty)
+    except BrokerError as exc:
+        kind = RiskEventKind.ERROR if exc.outcome_unknown else RiskEventKind.EXIT_REJECTED
+        event_record(kind=kind, position=position, reason="exit failed", message=str(exc))
+        if not exc.outcome_unknown:
+            alert_send(kind=AlertKind.EXIT_REJECTED, message=f"Exit for {position} rejected: {exc}", position=position)
+        return CloseOutcome(position, CloseState.ERROR, str(exc))
+    event_record(kind=RiskEventKind.EXIT_SENT, position=position, reason=position.close_reason or "",
+                 message=f"{exit_order.side} {exit_order.qty} {position.symbol} market, {exit_order.client_order_id}",
+                 data={"order": exit_order.broker_order_id})
+    alert_send(kind=AlertKind.EXIT_SENT, message=f"Fallback exit sent for {position}: {position.close_reason}",
+               position=position)
+    if exit_order.status == OrderStatus.FILLED:
+        return _after_exit_fill(position)
+    return CloseOutcome(position, CloseState.EXIT_PENDING, "exit sent")
+
+
+def _after_exit_fill(position: Position) -> CloseOutcome:
+    orders = list(position.orders.all())
+    for order in orders:
+        if order.role != OrderRole.EXIT or order.status != OrderStatus.FILLED:
+            continue
+        if not RiskEvent.objects.filter(kind=RiskEventKind.EXIT_FILLED, data__order=order.broker_order_id).exists():
+            event_record(kind=RiskEventKind.EXIT_FILLED, position=position, price=order.filled_avg_price,
+                         message=f"{order.filled_qty} @ {order.filled_avg_price}", data={"order": order.broker_order_id})
+    remaining = holding(position, orders).held
+    if remaining <= 0:
+        return position_finalize(position, orders)
+    return CloseOutcome(position, CloseState.EXIT_PENDING, f"{remaining} still to exit")
+
+
+def close_step(position_id: int, owner: str) -> CloseOutcome:
+    """Work one closing position under its lock; LOCKED when another worker holds it."""
+    if not closing_lock(position_id=position_id, owner=owner):
+        position = Position.objects.get(pk=position_id)
+        state = CloseState.CLOSED if position.status == PositionStatus.CLOSED else CloseState.LOCKED
+        return CloseOutcome(position, state, f"being closed by {position.lock_owner}" if position.lock_owner else "")
+    position = Position.objects.get(pk=position_id)
+    try:
+        return _progress(position)
+    except (BrokerError, DatabaseError) as exc:
+        event_record(kind=RiskEventKind.ERROR, position=position, reason="close step failed", message=str(exc))
+        return CloseOutcome(position, CloseState.ERROR, str(exc))
+    finally:
+        closing_unlock(position_id=position_id, owner=owner)
+
+
+def _await_exits(outcomes: list[CloseOutcome], owner: str) -> list[CloseOutcome]:
+    """Wait briefly for pending exits to fill, so a close usually ends within the same cycle."""
+    deadline = time.monotonic() + float(settings.MONITOR_EXIT_FILL_WAIT_SECONDS)
+    pending = [o for o in outcomes if o.state == CloseState.EXIT_PENDING]
+    done = [o for o in outcomes if o.state != CloseState.EXIT_PENDING]
+    while pending:
+        still = []
+        for outcome in pending:
+            result = close_step(outcome.position.pk, owner)
+            (still if result.state == CloseState.EXIT_PENDING else done).append(result)
+        pending = still
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    return done + pending
+
+
+def _steps(position_ids: list[int], owner: str) -> list[CloseOutcome]:
+    """Work claimed positions side by side (MONITOR_CLOSE_WORKERS threads, one symbol each
+    at a time), so when many cross at once the last exit doesn't wait for every other one's
+    round trips. Positions in one symbol go one after another: each reads the broker's
+    holding after the previous one's exit. Inside a transaction (other connections couldn't
+    see its rows) everything is worked one by one."""
+    workers = min(settings.MONITOR_CLOSE_WORKERS, len(position_ids))
+    if workers <= 1 or connection.in_atomic_block:
+        return [close_step(pk, owner) for pk in position_ids]
+    by_symbol: dict[str, list[int]] = {}
+    for pk, symbol in Position.objects.filter(pk__in=position_ids).values_list("pk", "symbol"):
+        by_symbol.setdefault(symbol, []).append(pk)
+
+    def work(pks: list[int]) -> list[CloseOutcome]:
+        try:
+            return [close_step(pk, owner) for pk in pks]
+        finally:
+            connection.close()  # the worker thread's own connection
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="close") as pool:
+        return [outcome for group in pool.map(work, by_symbol.values()) for outcome in group]
+
+
+def claimed_close(position_ids: list[int], owner: str) -> list[CloseOutcome]:
+    """Step positions this owner has claimed (every exit first), then await their fills together."""
+    return _await_exits(_steps(position_ids, owner), owner)
+
+
+def position_close(*, position: Position, reason: str, owner: str | None = None,
+                   price: Decimal | None = None, quote_time: datetime | None = None) -> CloseOutcome:
+    """Close one position safely. A position already closing or closed is left alone."""
+    return positions_close(positions=[position], reason=reason, owner=owner, price=price, quote_time=quote_time)[0]
+
+
+def positions_close(*, positions: list[Position], reason: str, owner: str | None = None,
+                    price: Decimal | None = None, quote_time: datetime | None = None) -> list[CloseOutcome]:
+    """Close many positions: every exit is sent first, then the fills are awaited together.
+    `price` and `quote_time` (what the decision was made on) go on each claim event."""
+    owner = owner or f"close-{uuid.uuid4().hex[:12]}"
+    skipped, claimed = [], []
+    for position in positions:
+        if position_claim(position_id=position.pk, reason=reason, owner=owner):
+            event_record(kind=RiskEventKind.CLAIMED, position=position, price=price, quote_time=quote_time,
+                         reason=reason)
+            claimed.append(position.pk)
+        else:
+            position.refresh_from_db()
+            skipped.append(CloseOutcome(position, CloseState.SKIPPED, f"already {position.status}"))
+    outcomes = skipped + claimed_close(claimed, owner)
+    order = {p.pk: i for i, p in enumerate(positions)}
+    return sorted(outcomes, key=lambda o: order[o.position.pk])
+
+
+def closings_progress(*, owner: str) -> list[CloseOutcome]:
+    """Carry on closings left by an earlier cycle, a crash or another worker that died."""
+    ids = list(Position.objects.closing().values_list("pk", flat=True))
+    outcomes = [close_step(pk, owner) for pk in ids]
+    return _await_exits([o for o in outcomes if o.state != CloseState.LOCKED], owner)

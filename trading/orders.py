@@ -1,0 +1,223 @@
+"""The one module that sends, cancels and reads back orders at the broker.
+
+Every order is written to the database first, with its client_order_id, then sent, then
+marked with the broker's answer. A crash or a timeout never loses one: the next attempt
+looks the id up at the broker instead of sending a second order.
+"""
+
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+
+from . import broker
+from .broker import BrokerError, BrokerOrder
+from .holdings import RemoteOrders, order_tops
+from .models import (
+    EXIT_CLIENT_ORDER_PREFIX,
+    FINAL_ORDER_STATUSES,
+    Order,
+    OrderClass,
+    OrderRole,
+    OrderStatus,
+    OrderType,
+    Position,
+    leg_role,
+)
+from .validation import BracketSpec
+
+EXIT_TIME_IN_FORCE = "day"  # Alpaca takes fractional market orders only as day orders
+
+
+def new_client_order_id(prefix: str) -> str:
+    return f"catalyst-{prefix}-{uuid.uuid4().hex}"[:48]
+
+
+# --- Reading back -----------------------------------------------------------------------
+
+
+def order_apply(*, order: Order, remote: BrokerOrder) -> Order:
+    """Copy what the broker says about an order onto its row, legs included."""
+    order.broker_order_id = remote.id
+    order.status = remote.status
+    order.filled_qty = remote.filled_qty
+    order.filled_avg_price = remote.filled_avg_price
+    order.submitted_at = remote.submitted_at or order.submitted_at
+    order.filled_at = remote.filled_at
+    order.updated_at = remote.updated_at
+    if remote.order_class in OrderClass.values:
+        order.order_class = remote.order_class
+    order.raw = remote.raw
+    order.save()
+    for leg in remote.legs:
+        row = Order.objects.filter(broker_order_id=leg.id).first() or Order(
+            broker_order_id=leg.id,
+            client_order_id=leg.client_order_id[:48],
+            parent=order,
+            position=order.position,
+            role=leg_role(leg.type),
+            symbol=leg.symbol,
+            side=leg.side,
+            qty=leg.qty,
+            type=leg.type if leg.type in OrderType.values else OrderType.LIMIT,
+            time_in_force=leg.time_in_force,
+            limit_price=leg.limit_price,
+            stop_price=leg.stop_price,
+        )
+        if row.position_id is None and order.position_id is not None:
+            row.position_id = order.position_id
+        order_apply(order=row, remote=leg)
+    return order
+
+
+def order_read(*, order: Order) -> BrokerOrder | None:
+    """Read an order (and its legs) from the broker onto its rows; None when the broker has
+    never heard of it (it was never sent)."""
+    if order.broker_order_id:
+        remote = broker.get_order(order.broker_order_id)
+    else:
+        remote = broker.find_order_by_client_id(order.client_order_id)
+        if remote is None:
+            return None
+    order_apply(order=order, remote=remote)
+    return remote
+
+
+def order_refresh(*, order: Order) -> Order:
+    order_read(order=order)
+    return order
+
+
+def position_orders_refresh(*, position: Position) -> list[Order]:
+    """Bring every live order of the position up to date (entry with its legs, exits, OCOs)
+    and return all its orders."""
+    for top in order_tops(position.orders.live().select_related("parent")):
+        order_refresh(order=top)
+    return list(position.orders.all())
+
+
+def position_orders_fetch(*, position: Position, remote: RemoteOrders, apply: bool) -> list[BrokerOrder]:
+    """Read every order of the position that `remote` doesn't show as final from the broker,
+    one call per order group, into `remote`; onto the rows too when `apply`."""
+    live = [o for o in position.orders.all().select_related("parent") if remote.status_of(o) not in FINAL_ORDER_STATUSES]
+    read = []
+    for top in order_tops(live):
+        if top.broker_order_id:
+            fresh = broker.get_order(top.broker_order_id)
+        else:
+            fresh = broker.find_order_by_client_id(top.client_order_id)
+            if fresh is None:
+                continue
+        remote.add(fresh)
+        read.append(fresh)
+        if apply:
+            order_apply(order=top, remote=fresh)
+    return read
+
+
+# --- Sending ---------------------------------------------------------------------------------
+
+
+def _send(order: Order, submit: Callable[[], BrokerOrder]) -> Order:
+    """Send an order already written; a refusal marks it failed, an unknown outcome (timeout,
+    5xx) leaves it pending so the next attempt finds it by its client_order_id."""
+    try:
+        remote = submit()
+    except BrokerError as exc:
+        if not exc.outcome_unknown:
+            order.status = OrderStatus.SUBMIT_FAILED
+        order.error = str(exc)
+        order.save(update_fields=["status", "error", "synced_at"])
+        raise
+    return order_apply(order=order, remote=remote)
+
+
+def bracket_send(*, spec: BracketSpec, time_in_force: str, prefix: str) -> Order:
+    """Entry + stop + target as ONE order with order_class=bracket. Raises BrokerError."""
+    entry = Order.objects.create(
+        client_order_id=new_client_order_id(prefix),
+        role=OrderRole.ENTRY,
+        symbol=spec.symbol,
+        side=spec.side,
+        qty=spec.quantity,
+        type=OrderType.MARKET if spec.entry_price is None else OrderType.LIMIT,
+        order_class=OrderClass.BRACKET,
+        time_in_force=time_in_force,
+        limit_price=spec.entry_price,
+    )
+    return _send(entry, lambda: broker.submit_bracket(
+        symbol=spec.symbol, qty=spec.quantity, side=spec.side, stop_loss=spec.stop_loss,
+        take_profit=spec.take_profit, entry_price=spec.entry_price, time_in_force=time_in_force,
+        client_order_id=entry.client_order_id,
+    ))
+
+
+def oco_send(*, position: Position, qty: Decimal, stop: Decimal, target: Decimal, time_in_force: str) -> Order:
+    """Protect a position already held: a take-profit limit and a stop, one cancelling the other."""
+    order = Order.objects.create(
+        position=position,
+        client_order_id=new_client_order_id("protect"),
+        role=OrderRole.TAKE_PROFIT,
+        symbol=position.symbol,
+        side=position.exit_side,
+        qty=qty,
+        type=OrderType.LIMIT,
+        order_class=OrderClass.OCO,
+        time_in_force=time_in_force,
+        limit_price=target,
+    )
+    return _send(order, lambda: broker.submit_oco_exit(
+        symbol=position.symbol, qty=qty, side=position.exit_side, stop_loss=stop, take_profit=target,
+        time_in_force=time_in_force, client_order_id=order.client_order_id,
+    ))
+
+
+def exit_send(*, position: Position, qty: Decimal) -> Order:
+    """The market exit for a position, at most once per attempt.
+
+    The client_order_id is derived from the position and the number of its earlier exits
+    that are over (filled for part of the quantity, rejected, cancelled...), so a retry or
+    a restart re-finds the same order while one is pending.
+    """
+    attempt = position.orders.filter(role=OrderRole.EXIT, status__in=FINAL_ORDER_STATUSES).count()
+    order, _ = Order.objects.get_or_create(
+        client_order_id=f"{position.exit_client_order_id}-{attempt}",
+        defaults=dict(position=position, role=OrderRole.EXIT, symbol=position.symbol, side=position.exit_side,
+                      qty=qty, type=OrderType.MARKET, time_in_force=EXIT_TIME_IN_FORCE),
+    )
+    if order.broker_order_id:
+        return order
+    return _send(order, lambda: broker.submit_market(
+        symbol=order.symbol, qty=order.qty, side=order.side, client_order_id=order.client_order_id,
+    ))
+
+
+# --- Cancelling ----------------------------------------------------------------------------
+
+
+def order_cancel(*, order: Order) -> bool:
+    """Cancel one order (with its legs) and read it back. False when it was already final."""
+    cancelled = broker.cancel_order(order.broker_order_id)
+    order_refresh(order=order)
+    return cancelled
+
+
+def orders_cancel(*, position: Position) -> list[Order]:
+    """Cancel the position's live orders other than its exits (legs, an unfilled entry,
+    protective OCOs), then read them back so the caller sees what really happened."""
+    live = position.orders.live().exclude(role=OrderRole.EXIT).exclude(broker_order_id=None).select_related("parent")
+    live_ids = {order.pk for order in live}
+    roots = [order for order in live if order.parent_id not in live_ids]
+    for order in roots:
+        broker.cancel_order(order.broker_order_id)
+    return [order_refresh(order=top) for top in order_tops(roots)]
+
+
+def open_orders_cancel_except_exits() -> int:
+    """Cancel every order the broker may still act on (ours or not) except our exits: an exit
+    already working for a closing position must not be cancelled, or it would be sent again.
+    Returns how many the broker no longer shows as open."""
+    targets = [o.id for o in broker.live_orders() if not o.client_order_id.startswith(EXIT_CLIENT_ORDER_PREFIX)]
+    for order_id in targets:
+        broker.cancel_order(order_id)  # False when it went with its sibling leg: fine
+    still_open = {o.id for o in broker.live_orders()}
+    return sum(1 for order_id in targets if order_id not in still_open)
