@@ -27,7 +27,8 @@ def position_claim(*, position_id: int, reason: str | None, owner: str) -> bool:
             if not list(candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)):
                 return False
         return candidates.update(
-            status=PositionStatus.CLOSING, close_reason=reason, lock_owner=owner, locked_until=now + lock_span()
+            status=PositionStatus.CLOSING, close_reason=reason, lock_owner=owner, locked_until=now + lock_span(),
+            exit_refusals=0, exit_refused_at=None, updated_at=now,
         ) == 1
 
 

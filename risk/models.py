@@ -104,6 +104,7 @@ class Lease(models.Model):
 class AlertKind(models.TextChoices):
     EXIT_SENT = "exit_sent", "Fallback exit sent"
     EXIT_REJECTED = "exit_rejected", "Exit rejected"
+    EXIT_REFUSED = "exit_refused", "Exits refused: re-protected, left to an operator"
     UNPROTECTED = "unprotected", "Unprotected position"
     ADOPTED = "adopted", "Position adopted from the broker"
     MISMATCH = "mismatch", "Reconciliation mismatch"

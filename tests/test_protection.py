@@ -9,7 +9,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from risk.models import Alert, RiskEvent
-from risk.protection import ProtectionPolicyError, default_levels, protection_audit
+from risk.levels import default_levels
+from risk.protection import ProtectionPolicyError, protection_audit
 from risk.reconcile import reconcile_run
 from tests.helpers import bracket, leg
 from trading import broker
