@@ -30,7 +30,7 @@ from paper_exchange.server import PaperExchangeServer
 from paper_exchange.state import ExchangeState
 
 __all__ = ["PaperExchange", "paper_exchange", "paper_exchange_options", "PAPER_API_KEY",
-           "PAPER_SECRET_KEY", "PAPER_EXCHANGE_DEFAULTS"]
+           "PAPER_SECRET_KEY", "PAPER_EXCHANGE_DEFAULTS", "trading_client"]
 
 PAPER_API_KEY = "test-key-id"
 PAPER_SECRET_KEY = "test-secret-key"
@@ -78,6 +78,17 @@ class PaperExchange:
         self.url = self.server.url
         self.control = PaperExchangeControl(self.url)
         return self
+
+
+def trading_client(exchange: "PaperExchange", raw: bool = False):
+    """alpaca-py's TradingClient pointed at the exchange, with its retries off (alpaca-py
+    retries 429/504 three times with 3 s sleeps and TradingClient does not expose the knob)."""
+    from alpaca.trading.client import TradingClient
+
+    client = TradingClient(exchange.api_key, exchange.secret_key, paper=True, url_override=exchange.url,
+                           raw_data=raw)
+    client._retry = 0
+    return client
 
 
 def _django_settings(request):
