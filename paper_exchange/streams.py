@@ -190,6 +190,9 @@ class TradeStreamSession(StreamSession):
     def duplicable(self, message) -> bool:
         return message.get("stream") == TRADE_UPDATES
 
+    def describe(self) -> dict:
+        return {**super().describe(), "listening": list(self.listening)}
+
     def _auth(self, message: dict) -> None:
         if message.get("action") == "authenticate":
             data = message.get("data") if isinstance(message.get("data"), dict) else {}
@@ -228,6 +231,9 @@ class DataStreamSession(StreamSession):
         super().__init__(*args, **kwargs)
         self.subscriptions = {channel: [] for channel in DATA_CHANNELS}
         self.feed = self.path.rsplit("/", 1)[-1]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "subscriptions": {c: list(v) for c, v in self.subscriptions.items() if v}}
 
     def error(self, code: int, msg: str) -> None:
         self.send([{"T": "error", "code": code, "msg": msg}])
