@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start with quotes for AAPL, MSFT, NVDA, SPY, TSLA when the exchange has none")
     parser.add_argument("--rate-limit", type=_limit, default=200,
                         help="trading API requests per minute (Alpaca: 200); 0 = off")
-    parser.add_argument("--data-rate-limit", type=_limit, default=0,
+    parser.add_argument("--data-rate-limit", type=_limit, default=None,
                         help="market-data requests per minute (own budget); 0 = off (default)")
     parser.add_argument("--cash", default=None, help="starting cash of a new account (default 100000)")
     parser.add_argument("--verbose-http", action="store_true", help="log every HTTP request")
