@@ -85,7 +85,8 @@ class LifecycleMixin:
             old.update(status="replaced", replaced_at=ts, replaced_by=new["id"], updated_at=ts, legs=[])
             self._relink(old, new)
             self._emit("replaced", old, ts=ts)
-            self._emit("new", new, ts=ts)
+            if new["status"] == "new":  # a replaced held leg stays held, silently
+                self._emit("new", new, ts=ts)
             self._match()
             self._persist()
             return self._order_out(new, nested=True)

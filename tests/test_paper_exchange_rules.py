@@ -448,3 +448,13 @@ def test_a_version_1_state_file_still_loads(tmp_path):
     assert state.account_json()["cash"] == "90000.00"
     state.cancel_order("o1")
     assert json.loads(path.read_text())["version"] == 2
+
+
+def test_recent_events_are_readable_without_a_websocket(ex, tc):
+    """The trade_updates messages the exchange published, for tests that need no stream."""
+    ex.control.clear_events()
+    order = tc.submit_order(_market(OrderSide.BUY, 2))
+    events = ex.control.events()
+    assert [(e["stream"], e["data"]["event"], e["data"]["order"]["id"]) for e in events] == [
+        ("trade_updates", "new", str(order.id)), ("trade_updates", "fill", str(order.id))]
+    assert events[1]["data"]["position_qty"] == "2" and events[1]["data"]["price"] == "150.01"
