@@ -12,8 +12,8 @@ paper_exchange``).  See docs/paper-exchange.md.
 """
 
 from .state import ExchangeError, ExchangeState  # noqa: F401
-from .server import PaperExchangeServer, serve  # noqa: F401
+from .server import PaperExchangeServer  # noqa: F401
 from .control import PaperExchangeControl  # noqa: F401
-from .cli import main  # noqa: F401
+from .cli import main, serve  # noqa: F401
 
 __all__ = ["ExchangeError", "ExchangeState", "PaperExchangeServer", "PaperExchangeControl", "serve", "main"]

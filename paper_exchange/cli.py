@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-__all__ = ["main", "build_parser", "run_until_signal", "DEMO_QUOTES", "seed_demo_quotes"]
+__all__ = ["main", "serve", "build_parser", "run_until_signal", "DEMO_QUOTES", "seed_demo_quotes"]
 
 DEMO_QUOTES = [
     ("AAPL", "189.98", "190.02"),
@@ -53,6 +53,18 @@ def run_until_signal(server, ready=None, demo_quotes: bool = False) -> None:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def serve(host: str = "127.0.0.1", port: int = 5099, state_file=None, verbose: bool = False, ready=None,
+          cash=None, rate_limit_per_minute=None, data_rate_limit_per_minute=None,
+          demo_quotes: bool = False) -> None:
+    """Run the exchange until SIGINT/SIGTERM (blocking)."""
+    from .server import PaperExchangeServer
+
+    server = PaperExchangeServer(state_file=state_file, host=host, port=port, verbose=verbose, cash=cash,
+                                 rate_limit_per_minute=rate_limit_per_minute,
+                                 data_rate_limit_per_minute=data_rate_limit_per_minute)
+    run_until_signal(server, ready=ready, demo_quotes=demo_quotes)
 
 
 def _limit(value: str) -> int | None:

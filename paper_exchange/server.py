@@ -261,15 +261,3 @@ class PaperExchangeServer:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def serve(host: str = "127.0.0.1", port: int = 5099, state_file=None, verbose: bool = False, ready=None,
-          cash=None, rate_limit_per_minute=None, data_rate_limit_per_minute=None,
-          demo_quotes: bool = False) -> None:
-    """Run the exchange until SIGINT/SIGTERM (blocking); see cli.run_until_signal."""
-    from .cli import run_until_signal
-
-    server = PaperExchangeServer(state_file=state_file, host=host, port=port, verbose=verbose, cash=cash,
-                                 rate_limit_per_minute=rate_limit_per_minute,
-                                 data_rate_limit_per_minute=data_rate_limit_per_minute)
-    run_until_signal(server, ready=ready, demo_quotes=demo_quotes)

@@ -22,7 +22,7 @@ from trading import broker
 from trading.broker import BrokerError
 from trading.holdings import close_reason_from_fills, holding
 from trading.models import Order, OrderRole, OrderStatus, Position, PositionStatus, Protection
-from trading.orders import exit_send, oco_send, orders_cancel, position_orders_refresh
+from trading.orders import exit_send, oco_send, order_cancel, orders_cancel, position_orders_refresh
 
 from .alerts import alert_send
 from .claims import closing_lock, closing_unlock, position_claim
@@ -125,6 +125,7 @@ def _progress(position: Position) -> CloseOutcome:
     if cancelled:
         event_record(kind=RiskEventKind.LEGS_CANCELLED, position=position,
                      message=", ".join(f"{o.role} {o.broker_order_id}: {o.status}" for o in cancelled))
+    if _wash_risks_cancel(position) or cancelled:
         orders = list(position.orders.all())
         still_live = [o for o in orders if o.role != OrderRole.EXIT and not o.is_final]
         if still_live:
@@ -136,6 +137,23 @@ def _progress(position: Position) -> CloseOutcome:
         if held <= 0:
             return position_finalize(position, orders)
     return _exit(position, held)
+
+
+def _wash_risks_cancel(position: Position) -> list[Order]:
+    """Our other positions' entries still working in the symbol on the other side. Alpaca
+    refuses an order that could trade against the account's own working opposite-side order
+    (a wash trade), so such an entry would block this exit: it is cancelled first (the exit
+    wins); what it had filled stays its position's."""
+    opposite = Order.objects.live().filter(symbol=position.symbol, role=OrderRole.ENTRY, parent__isnull=True,
+                                           side=position.entry_side).exclude(position=position)
+    cancelled = []
+    for entry in opposite.exclude(broker_order_id=None):
+        order_cancel(order=entry)
+        event_record(kind=RiskEventKind.LEGS_CANCELLED, position=entry.position, symbol=entry.symbol,
+                     message=f"entry {entry.client_order_id} ({entry.side} {entry.qty}) cancelled: it would "
+                             f"wash-trade against the exit of #{position.pk}")
+        cancelled.append(entry)
+    return cancelled
 
 
 def _exit(position: Position, qty: Decimal) -> CloseOutcome:
