@@ -6,6 +6,8 @@ from django.db import models
 from trading.models import PRICE, Position
 
 MONITOR = "monitor"  # the monitor's heartbeat row and lease
+STREAM = "stream"  # the trade_updates stream's heartbeat row (started_at: connected since; finished_at: last seen
+#                    connected; cycles: events applied; consecutive_error_cycles: 1 while an outage lasts)
 
 
 class RiskEventKind(models.TextChoices):
@@ -28,6 +30,9 @@ class RiskEventKind(models.TextChoices):
     RECONCILED = "reconciled"
     BRACKET_NOT_PROTECTED = "bracket_not_protected"
     TRADING_STATE = "trading_state"
+    ENTRY_FILLED = "entry_filled", "Entry filled: position open"
+    ENTRY_CANCELLED = "entry_cancelled", "Entry ended unfilled"
+    BROKER_EVENT = "broker_event", "Order event from the broker"
 
 
 class RiskEventQuerySet(models.QuerySet):
@@ -85,6 +90,8 @@ class Heartbeat(models.Model):
     market_open = models.BooleanField(null=True)
     last_reconcile_at = models.DateTimeField(null=True, blank=True)
     last_reconcile_summary = models.TextField(blank=True)
+    last_broker_sync_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the quick sync last read every live order from the broker.")
 
     def __str__(self) -> str:
         return f"{self.name} heartbeat"
@@ -110,6 +117,7 @@ class AlertKind(models.TextChoices):
     MISMATCH = "mismatch", "Reconciliation mismatch"
     MONITOR_ERRORS = "monitor_errors", "Monitor failing"
     BRACKET_NOT_PROTECTED = "bracket_not_protected", "Bracket without legs"
+    STREAM = "stream", "Broker stream down or back"
 
 
 class DeliveryStatus(models.TextChoices):

@@ -48,7 +48,8 @@ from trading.models import (
 from trading.orders import oco_send, order_cancel, orders_cancel, position_orders_fetch
 
 from .alerts import alert_send
-from .closing import CloseState, position_close
+from .closing import position_close
+from .finalize import CloseState
 from .journal import event_record
 from .levels import protection_levels
 from .models import Alert, AlertKind, RiskEventKind

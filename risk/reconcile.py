@@ -57,7 +57,8 @@ from trading.orders import order_apply, orders_cancel, position_orders_fetch
 
 from .alerts import alert_send
 from .claims import closing_unlock, position_claim
-from .closing import position_finalize
+from .finalize import position_finalize
+from .follow import position_follow
 from .journal import event_record
 from .lease import lease_acquire, lease_release
 from .models import MONITOR, AlertKind, Heartbeat, RiskEventKind
@@ -70,6 +71,7 @@ LIST_LIMIT = 500
 PRICE_PLACES = Decimal("0.0001")
 UNEXPLAINED_NOTE = "broker holds no position; no closing fill found"
 MISMATCH_PREFIX = "reconcile mismatch:"
+TRACKED = (PositionStatus.PENDING, PositionStatus.OPEN, PositionStatus.CLOSING)
 
 
 # --- The report ------------------------------------------------------------------------------
@@ -251,6 +253,9 @@ def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[P
     counted: list[tuple[Position, Decimal]] = []
     pending: list[Position] = []
     for position in positions:
+        if position.status == PositionStatus.PENDING:  # an entry still working: not a position, but its fill
+            pending.append(position)                  # may be what the broker shows
+            continue
         h = holding(position, order_views(position.orders.all(), remote))
         if h.entry_live:
             if h.entry_qty > 0:
@@ -317,7 +322,7 @@ def _symbol_reconcile(report: ReconcileReport, symbol: str, remote_position: Bro
         for position in positions:
             position_orders_fetch(position=position, remote=remote, apply=not report.dry_run)
         remote_position = broker.get_position(symbol)
-        positions = list(Position.objects.active().filter(symbol=symbol).order_by("opened_at", "pk"))
+        positions = list(Position.objects.filter(symbol=symbol, status__in=TRACKED).order_by("opened_at", "pk"))
         actions = _plan(symbol, remote_position, positions, remote)
     for action in actions:
         _execute(report, action)
@@ -431,9 +436,9 @@ def _close(report: ReconcileReport, action: _Action) -> None:
 def _positions_reconcile(report: ReconcileReport, remote_positions: list[BrokerPosition],
                          remote: RemoteOrders) -> None:
     remote_by_symbol = {p.symbol: p for p in remote_positions}
-    active = list(Position.objects.active().order_by("opened_at", "pk"))
+    active = list(Position.objects.filter(status__in=TRACKED).order_by("opened_at", "pk"))
     report.broker_positions = len(remote_positions)
-    report.db_positions = len(active)
+    report.db_positions = sum(1 for p in active if p.status != PositionStatus.PENDING)
     by_symbol: dict[str, list[Position]] = {}
     for position in active:
         by_symbol.setdefault(position.symbol, []).append(position)
@@ -465,6 +470,9 @@ def reconcile_run(*, dry_run: bool = False) -> ReconcileReport:
                 return _finish(report, record=False)
         remote = RemoteOrders()
         _orders_sync(report, remote)
+        if not dry_run:
+            for position in Position.objects.pending():  # entries that filled or ended meanwhile
+                position_follow(position=position)
         remote_positions = broker.list_positions()  # after the orders: see _plan
         _positions_reconcile(report, remote_positions, remote)
     except (BrokerError, DatabaseError) as exc:

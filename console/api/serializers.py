@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from risk.closing import CloseState
+from risk.finalize import CloseState
 from trading.models import Order, Position, PositionStatus, TradingMode
 
 

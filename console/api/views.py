@@ -25,8 +25,8 @@ from trading.selectors import (
 from trading.validation import OrderValidationError
 
 from . import permissions as perms
-from .parsers import StrictJSONParser
 from . import throttling
+from .parsers import StrictJSONParser
 from .serializers import (
     FIELD_ERRORS_SCHEMA,
     MAX_ID,
