@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from trading import broker
 from trading.holdings import order_tops
-from trading.models import Order, Position, PositionStatus
+from trading.models import Order, Position
 from trading.orders import order_refresh
 
 from .follow import Change, position_follow
@@ -42,8 +42,9 @@ def broker_sync() -> SyncReport:
     report = SyncReport()
     live_ids = {order.id for order in broker.list_live_orders_flat()}
     report.live_at_broker = len(live_ids)
-    stale = [o for o in Order.objects.live().exclude(broker_order_id=None).select_related("parent")
-             if o.broker_order_id not in live_ids]
+    ours = Order.objects.live().exclude(broker_order_id=None)
+    stale_pks = [pk for pk, broker_id in ours.values_list("pk", "broker_order_id") if broker_id not in live_ids]
+    stale = list(Order.objects.filter(pk__in=stale_pks).select_related("parent")) if stale_pks else []
     report.changed_orders = len(stale)
     touched: set[int] = set()
     for top in order_tops(stale):
@@ -66,7 +67,6 @@ def broker_sync() -> SyncReport:
 
 
 def _confirmed() -> None:
-    """Every open position's protection was just confirmed with the broker."""
-    now = timezone.now()
-    Position.objects.filter(status=PositionStatus.OPEN).update(protection_checked_at=now)
-    Heartbeat.objects.filter(name=MONITOR).update(last_broker_sync_at=now)
+    """Every position's protection was just confirmed with the broker (one row: the positions'
+    own protection_checked_at says when each last changed or was judged)."""
+    Heartbeat.objects.update_or_create(name=MONITOR, defaults={"last_broker_sync_at": timezone.now()})

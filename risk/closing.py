@@ -41,6 +41,7 @@ from .finalize import CloseOutcome, CloseState, position_finalize
 from .follow import Change, position_follow
 from .journal import event_record
 from .levels import protection_levels
+from .market import exits_allowed
 from .models import AlertKind, RiskEvent, RiskEventKind
 
 ZERO = Decimal("0")
@@ -86,6 +87,8 @@ def _progress(position: Position) -> CloseOutcome:
         if position.orders.live().exclude(broker_order_id=None).exists():
             orders_cancel(position=position)  # an unfilled entry and its legs must not fill later
         return position_finalize(position, list(position.orders.all()))
+    if not exits_allowed():  # its legs stay until the exit can go out: never naked overnight
+        return CloseOutcome(position, CloseState.WAITING, "market closed: the exit goes out once it opens")
 
     cancelled = orders_cancel(position=position)
     if cancelled:

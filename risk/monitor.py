@@ -28,6 +28,7 @@ from .closing import claimed_close, closings_progress
 from .finalize import CloseOutcome, CloseState
 from .journal import event_record, log_line
 from .lease import lease_acquire, lease_release
+from .market import exits_allowed
 from .models import MONITOR, AlertKind, Heartbeat, RiskEvent, RiskEventKind
 from .protection import protection_audit
 from .reconcile import reconcile_run
@@ -111,10 +112,10 @@ def _failed(result: CycleResult, exc: Exception, what: str) -> None:
 
 def _market_open(result: CycleResult) -> bool:
     """Whether positions may be acted on now. The clock is read only when market hours matter."""
-    if not settings.MONITOR_MARKET_HOURS_ONLY:
-        return True
-    result.market_open = broker.clock().is_open
-    return result.market_open
+    allowed = exits_allowed()
+    if settings.MONITOR_MARKET_HOURS_ONLY:
+        result.market_open = allowed
+    return allowed
 
 
 def monitor_cycle(*, owner: str | None = None) -> CycleResult:

@@ -57,6 +57,7 @@ from trading.orders import order_apply, orders_cancel, position_orders_fetch
 
 from .alerts import alert_send
 from .claims import closing_unlock, position_claim
+from .adoption import position_adopt
 from .finalize import position_finalize
 from .follow import position_follow
 from .journal import event_record
@@ -294,7 +295,7 @@ def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[P
             actions.append(_Action(
                 PlanKind.ADOPT, symbol,
                 f"broker holds {_describe(remote_position.side, remote_position.qty, symbol)} "
-                f"@ {remote_position.avg_entry_price} unknown here: adopted with no stop",
+                f"@ {remote_position.avg_entry_price} unknown here: adopted",
                 remote=remote_position))
     elif counted and db_net != broker_net:
         broker_text = (_describe(remote_position.side, remote_position.qty, symbol) if remote_position
@@ -348,26 +349,25 @@ def _adopt(report: ReconcileReport, action: _Action) -> None:
     if report.dry_run:
         return
     now = timezone.now()
-    position = Position.objects.create(
-        symbol=remote.symbol,
-        side=remote.side,
-        quantity=remote.qty,
-        entry_price=remote.avg_entry_price.quantize(PRICE_PLACES),
-        status=PositionStatus.OPEN,
-        opened_at=now,
-        adopted=True,
-        protection=Protection.UNPROTECTED,
-        protection_checked_at=now,
-        review_note=f"adopted from the broker at {now:%Y-%m-%d %H:%M:%S}Z: "
-                    f"{_describe(remote.side, remote.qty, remote.symbol)} @ {remote.avg_entry_price}",
-    )
+    position, levels = position_adopt(remote=remote, note=f"adopted from the broker at {now:%Y-%m-%d %H:%M:%S}Z: "
+                                                          f"{_describe(remote.side, remote.qty, remote.symbol)} "
+                                                          f"@ {remote.avg_entry_price}")
     finding.position_id = position.pk
     finding.done = True
+    finding.message += f"; {levels.describe()}"
+    finding.data.update(stop=str(levels.stop), target=str(levels.target))
     event_record(kind=RiskEventKind.ADOPTED, position=position, price=position.entry_price, reason="adopted",
-                 message=action.message, data=finding.data)
+                 message=finding.message, data=finding.data)
+    if position.protection == Protection.PROTECTED:
+        cover = f"protected by {levels.describe()}, linked to it; the monitor watches them"
+    elif levels.stop is not None:
+        cover = (f"{levels.describe()}, but its stops cover only {levels.stop_qty.normalize():f}: UNPROTECTED "
+                 f"until the protection audit covers the rest")
+    else:
+        cover = ("no stop at the broker: UNPROTECTED until the protection audit covers it (at the percent "
+                 "defaults, marked as such: protection only, never an exit)")
     alert_send(kind=AlertKind.ADOPTED, position=position,
-                message=f"Adopted {position} from the broker @ {position.entry_price}: it has no stop "
-                        f"and is UNPROTECTED until the protection audit covers it.")
+               message=f"Adopted {position} from the broker @ {position.entry_price}: {cover}.")
 
 
 def _flag_mismatch(report: ReconcileReport, action: _Action) -> None:

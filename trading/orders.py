@@ -91,6 +91,22 @@ def replacement_record(*, remote: BrokerOrder) -> Order | None:
         stop_price=remote.stop_price)
 
 
+def orders_link(*, position: Position, remotes: list[BrokerOrder]) -> list[Order]:
+    """Rows for broker orders another client placed that cover a position of ours (its legs,
+    an OCO, a stop), tied to it; an order already recorded is tied to it as it is."""
+    rows = []
+    for remote in remotes:
+        row = Order.objects.filter(broker_order_id=remote.id).first() or Order(
+            broker_order_id=remote.id, client_order_id=remote.client_order_id[:48], role=leg_role(remote.type),
+            symbol=remote.symbol, side=remote.side, qty=remote.qty,
+            type=remote.type if remote.type in OrderType.values else OrderType.LIMIT,
+            order_class=remote.order_class if remote.order_class in OrderClass.values else OrderClass.SIMPLE,
+            time_in_force=remote.time_in_force, limit_price=remote.limit_price, stop_price=remote.stop_price)
+        row.position = position
+        rows.append(order_apply(order=row, remote=remote))
+    return rows
+
+
 def order_read(*, order: Order) -> BrokerOrder | None:
     """Read an order (and its legs) from the broker onto its rows; None when the broker has
     never heard of it (it was never sent)."""

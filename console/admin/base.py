@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from risk.selectors import monitor_status
+from risk.selectors import monitor_status, protection_as_of, stream_status
 from trading.selectors import protection_summary, trading_state
 
 TOKENS_SESSION_KEY = "catalyst_confirm_tokens"
@@ -88,11 +88,15 @@ class ReadOnlyInline(admin.TabularInline):
 
 
 def console_status() -> dict:
-    """What every console screen shows on top: trading state, protection, monitor."""
+    """What every console screen shows on top: trading state, protection (and when the broker
+    last confirmed it), the monitor and the stream."""
+    monitor, stream = monitor_status(), stream_status()
     return {
         "trading_state": trading_state(),
         "protection": protection_summary(),
-        "monitor": monitor_status(),
+        "protection_as_of": protection_as_of(monitor=monitor, stream=stream),
+        "monitor": monitor,
+        "stream": stream,
     }
 
 
