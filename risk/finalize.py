@@ -60,8 +60,11 @@ def position_finalize(position: Position, orders: list[Order], *, note: str = ""
     entry = next((o for o in orders if o.role == OrderRole.ENTRY and o.filled_avg_price), None)
     if entry is not None:
         update["entry_price"] = entry.filled_avg_price
-    Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING).update(**update)
+    finalized = Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING).update(**update)
     position.refresh_from_db()
+    if not finalized:  # another path (the stream, a cycle) closed it a moment ago: recorded there
+        return CloseOutcome(position, CloseState.CLOSED if position.status == PositionStatus.CLOSED
+                            else CloseState.SKIPPED, "closed elsewhere")
     event_record(kind=RiskEventKind.CLOSED, position=position, price=position.exit_price,
                  reason=position.close_reason or "", message=note or f"closed at {position.exit_price}",
                  data={"pnl": position.realised_pnl})
