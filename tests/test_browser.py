@@ -32,10 +32,17 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
 
-pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="playwright (Python package) is not installed"),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium)"),
-]
+MISSING = ("playwright (Python package) is not installed" if sync_playwright is None
+           else "/usr/bin/chromium is missing (apt-get install chromium)" if not CHROMIUM.exists() else "")
+if MISSING and os.environ.get("CATALYST_REQUIRE_BROWSER") == "1":  # .ci/run: a skip would hide the pages
+    pytestmark = [pytest.mark.usefixtures("_browser_required")]
+else:
+    pytestmark = [pytest.mark.skipif(bool(MISSING), reason=MISSING)]
+
+
+@pytest.fixture
+def _browser_required():
+    pytest.fail(f"the browser test must run here (CATALYST_REQUIRE_BROWSER=1): {MISSING}")
 
 
 @pytest.fixture
