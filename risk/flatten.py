@@ -16,6 +16,7 @@ from trading import broker
 from trading.broker import BrokerError
 from trading.models import (
     CloseReason,
+    Closer,
     Order,
     Position,
     PositionStatus,
@@ -153,14 +154,16 @@ def flatten(*, user, positions=None) -> FlattenResult:
                  message=f"emergency flatten by {who}: {len(targets)} positions"
                          + ("" if positions is not None else f", {result.cancelled_orders} orders cancelled"),
                  data={"positions": [p.pk for p in targets], "user": who, "everything": positions is None})
-    result.outcomes = positions_close(positions=targets, reason=CloseReason.EMERGENCY_STOP, owner=f"flatten-{who}"[:64])
+    result.outcomes = positions_close(positions=targets, reason=CloseReason.EMERGENCY_STOP, by=Closer.FLATTEN,
+                                     owner=f"flatten-{who}"[:64])
     return result
 
 
 def close_manually(*, user, positions) -> list[CloseOutcome]:
     """MANUAL close of the chosen positions; the trading state is left as it is."""
     targets = _positions_for(positions)
-    return positions_close(positions=targets, reason=CloseReason.MANUAL, owner=f"manual-{_who(user)}"[:64])
+    return positions_close(positions=targets, reason=CloseReason.MANUAL, by=Closer.OPERATOR,
+                           owner=f"manual-{_who(user)}"[:64])
 
 
 def outcome_summary(outcome: CloseOutcome) -> str:

@@ -44,6 +44,7 @@ from trading.holdings import (
     order_views,
 )
 from trading.models import (
+    Closer,
     Order,
     OrderRole,
     OrderStatus,
@@ -398,7 +399,7 @@ def _close(report: ReconcileReport, action: _Action) -> None:
     if report.dry_run:
         return
     owner = f"reconcile-{uuid.uuid4().hex[:12]}"
-    if not position_claim(position_id=position.pk, reason=action.reason, owner=owner):
+    if not position_claim(position_id=position.pk, reason=action.reason, owner=owner, by=Closer.RECONCILE):
         finding.message += "; not closed: another worker claimed it first"
         return
     event_record(kind=RiskEventKind.CLAIMED, position=position, reason=action.reason or "reconcile",

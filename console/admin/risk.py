@@ -39,11 +39,11 @@ class RiskEventAdmin(ReadOnlyAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "kind", "position_link", "message", "email_status", "webhook_status", "attempts",
+    list_display = ("created_at", "kind", "position_link", "message", "email_status", "apprise_status", "attempts",
                     "last_error")
-    list_filter = ("kind", "email_status", "webhook_status")
+    list_filter = ("kind", "email_status", "apprise_status")
     ordering = ("-created_at", "-id")
-    readonly_fields = ("created_at", "kind", "position_link", "message", "email_status", "webhook_status",
+    readonly_fields = ("created_at", "kind", "position_link", "message", "email_status", "apprise_status",
                        "attempts", "last_error")
     fields = readonly_fields
 
