@@ -221,12 +221,15 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"  # exporting a list needs the permission to view it
+
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Security (production defaults; DEBUG relaxes the HTTPS-only ones) ------------
 
 SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]  # scraped on the internal address, past the TLS proxy
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_HSTS_SECONDS = 0 if DEBUG else envint("DJANGO_HSTS_SECONDS", 31536000)

@@ -182,12 +182,16 @@ def test_the_count_is_capped_on_huge_tables(operator, monkeypatch):
 
 
 def test_index_shows_the_monitor_the_trading_state_and_the_broker(operator, exchange):
-    Heartbeat.objects.create(name="monitor", finished_at=timezone.now() - timedelta(seconds=12),
-                             positions_checked=4, actions=2, errors=1, last_error="quote feed hiccup", cycles=9)
+    finished = timezone.now() - timedelta(seconds=12)
+    heartbeat = Heartbeat.objects.create(name="monitor", finished_at=finished, positions_checked=4, actions=2, errors=1,
+                                         last_error="quote feed hiccup", last_error_at=finished, cycles=9)
     trading_state_set(mode="REDUCING", reason="earnings week")
     page = operator.get("/admin/").content.decode()
     assert 'id="monitor-box"' in page and "Positions checked: 4" in page and "errors: 1" in page
     assert "quote feed hiccup" in page and re.search(r"\(1[2-4]s ago", page)
+    assert f"Last error at {timezone.localtime(finished):%Y-%m-%d %H:%M:%S}" in page
+    Heartbeat.objects.filter(pk=heartbeat.pk).update(last_error_at=finished - timedelta(hours=1))
+    assert "quote feed hiccup" not in operator.get("/admin/").content.decode()  # an old error is not news
     assert "REDUCING" in page and "earnings week" in page
     assert "PAPER" in page and exchange.url in page  # broker description, header and box
 

@@ -34,6 +34,9 @@ from trading.selectors import (
     period_bounds,
 )
 
+from ..audit import flatten_history, history_record
+from . import live
+from .export import CsvExportMixin, PositionResource
 from .base import (
     CappedCountPaginator,
     ReadOnlyInline,
@@ -82,7 +85,8 @@ class PeriodForm(forms.Form):
 
 
 @admin.register(Position)
-class PositionAdmin(admin.ModelAdmin):
+class PositionAdmin(CsvExportMixin, admin.ModelAdmin):
+    resource_classes = [PositionResource]
     list_display = ("id", "symbol", "side", "qty", "entry_price", "stop_loss", "take_profit", "status",
                     "reason", "exit_price", "realised_pnl", "protection_badge", "opened_at", "closed_at")
     list_display_links = ("id", "symbol")
@@ -158,8 +162,10 @@ class PositionAdmin(admin.ModelAdmin):
 
     @admin.display(description="protection", ordering="protection")
     def protection_badge(self, obj: Position) -> str:
-        if obj.status != PositionStatus.OPEN:
-            return obj.protection if obj.status == PositionStatus.CLOSED else f"{obj.protection} (closing)"
+        if obj.status == PositionStatus.CLOSED:
+            return "-"  # nothing left to protect
+        if obj.status == PositionStatus.CLOSING:
+            return "closing"
         live_stop = getattr(obj, "has_live_stop", None)
         if obj.protection == Protection.UNPROTECTED or live_stop is False:
             why = "UNPROTECTED" if obj.protection == Protection.UNPROTECTED else "NO LIVE STOP"
@@ -179,6 +185,10 @@ class PositionAdmin(admin.ModelAdmin):
             path("close-reasons/", view(self.close_reasons_view), name="%s_%s_close_reasons" % info),
             path("flatten/", view(self.flatten_everything_view), name="%s_%s_flatten" % info),
             path("results/", view(self.close_results_view), name="%s_%s_close_results" % info),
+            path("board/", view(lambda request: live.board_view(self, request)), name="%s_%s_board" % info),
+            path("charts/", view(lambda request: live.charts_view(self, request)), name="%s_%s_charts" % info),
+            path("<path:object_id>/timeline/", view(lambda request, object_id: live.timeline_view(self, request, object_id)),
+                 name="%s_%s_timeline" % info),
         ] + super().get_urls()
 
     def changelist_view(self, request, extra_context=None):
@@ -208,7 +218,8 @@ class PositionAdmin(admin.ModelAdmin):
         for row in rows:
             reason = {"close_reason__exact": row.close_reason} if row.close_reason else {"close_reason__isnull": "True"}
             linked.append({"row": row, "url": f"{changelist}?{urlencode({**reason, **period})}"})
-        totals = {"count": sum(r.count for r in rows), "total_pnl": sum((r.total_pnl for r in rows), start=0)}
+        totals = {"count": sum(r.count for r in rows), "priced": sum(r.priced for r in rows),
+                  "total_pnl": sum((r.total_pnl for r in rows), start=0)}
         return TemplateResponse(request, "admin/trading/position/close_reasons.html", self._context(
             request, title="Close-reason review", form=form, rows=linked, start=start, end=end, totals=totals,
             all_url=f"{changelist}?{urlencode(period)}",
@@ -249,6 +260,7 @@ class PositionAdmin(admin.ModelAdmin):
             if not confirmation_token_use(request, request.POST.get("token")):
                 return self._already_used(request)
             result = flatten(user=request.user, positions=ids)
+            flatten_history(user=request.user, result=result)
             notes = ["Trading set to HALTED." if result.halted else "Trading was already HALTED."] + result.errors
             return self._results_redirect(request, title="Emergency flatten: results", outcomes=result.outcomes,
                                           notes=notes)
@@ -263,6 +275,8 @@ class PositionAdmin(admin.ModelAdmin):
             if not confirmation_token_use(request, request.POST.get("token")):
                 return self._already_used(request)
             outcomes = close_manually(user=request.user, positions=ids)
+            history_record(user=request.user, entries=[(o.position, f"Manual close (MANUAL): {outcome_summary(o)}")
+                                                       for o in outcomes])
             return self._results_redirect(request, title="Manual close: results", outcomes=outcomes, notes=[])
         return self._confirmation(request, title="Close selected positions (MANUAL)",
                                   preview=close_preview(positions=ids), action="close_selected", reason="MANUAL",
@@ -272,6 +286,7 @@ class PositionAdmin(admin.ModelAdmin):
                   permissions=["protect"])
     def protect_selected(self, request, queryset):
         results = protection_audit(positions=list(queryset.values_list("pk", flat=True)))
+        history_record(user=request.user, entries=[(r.position, f"Protect: {r.line()}") for r in results])
         for result in results:
             failed = result.action in (ProtectionAction.FAILED, ProtectionAction.ALERTED) or \
                 result.protection == Protection.UNPROTECTED
@@ -289,6 +304,7 @@ class PositionAdmin(admin.ModelAdmin):
                 if not confirmation_token_use(request, form.cleaned_data["token"]):
                     return self._already_used(request)
                 result = flatten(user=request.user, positions=None)
+                flatten_history(user=request.user, result=result)
                 notes = ["Trading set to HALTED." if result.halted else "Trading was already HALTED."]
                 if result.cancelled_orders is not None:
                     notes.append(f"The broker cancelled {result.cancelled_orders} open orders.")

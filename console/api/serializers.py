@@ -8,6 +8,7 @@ from rest_framework import serializers
 from rest_framework.settings import api_settings
 
 from risk.closing import CloseState
+from risk.timeline import Source
 from trading.models import Order, Position, PositionStatus, TradingMode
 
 
@@ -228,7 +229,8 @@ class CloseResultSerializer(serializers.Serializer):
 
 
 class FlattenResponseSerializer(serializers.Serializer):
-    halted = serializers.BooleanField(help_text="True when this call set trading to HALTED.")
+    halted = serializers.BooleanField(help_text="Trading is HALTED after this call (always, as a flatten halts it).")
+    halted_now = serializers.BooleanField(help_text="This call set trading to HALTED (false: it was already halted).")
     cancelled_orders = serializers.IntegerField(allow_null=True)
     errors = serializers.ListField(child=serializers.CharField())
     results = CloseResultSerializer(many=True)
@@ -261,8 +263,25 @@ class TradingStateSerializer(serializers.Serializer):
     history = TradingStateChangeSerializer(many=True)
 
 
+class ModeField(serializers.ChoiceField):
+    """A trading mode in any case ("halted", "Halted"); a bad one is refused with the valid ones."""
+
+    default_error_messages = {"invalid_choice": "{input!r} is not a trading mode; give one of {modes}."}
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=TradingMode.choices, **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid_choice", input=data, modes=", ".join(TradingMode.values))
+        value = data.strip().upper()
+        if value not in TradingMode.values:
+            self.fail("invalid_choice", input=data[:40], modes=", ".join(TradingMode.values))
+        return value
+
+
 class TradingStateRequestSerializer(RequestSerializer):
-    mode = serializers.ChoiceField(choices=TradingMode.choices)
+    mode = ModeField(help_text="ACTIVE, HALTED or REDUCING, in any case.")
     # Not trimmed here, so the 2000 of the schema is the length sent; trading_mode_change strips
     # it and refuses a blank one.
     reason = StrictCharField(max_length=2000, trim_whitespace=False)
@@ -298,6 +317,7 @@ class MonitorSerializer(serializers.Serializer):
     consecutive_error_cycles = serializers.IntegerField()
     cycles = serializers.IntegerField()
     last_error = serializers.CharField(allow_blank=True)
+    last_error_at = serializers.DateTimeField(allow_null=True, help_text="When the cycle with last_error ended.")
     market_open = serializers.BooleanField(allow_null=True)
 
 
@@ -316,6 +336,20 @@ def monitor_payload(status) -> dict:
         "consecutive_error_cycles": heartbeat.consecutive_error_cycles if heartbeat else 0,
         "cycles": heartbeat.cycles if heartbeat else 0,
         "last_error": heartbeat.last_error if heartbeat else "",
+        "last_error_at": heartbeat.last_error_at if heartbeat else None,
         "market_open": heartbeat.market_open if heartbeat else None,
     }
 
+
+
+class TimelineEntrySerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    source = serializers.ChoiceField(choices=[source.value for source in Source])
+    title = serializers.CharField()
+    detail = serializers.CharField(allow_blank=True)
+    order = serializers.IntegerField(source="order_id", allow_null=True, help_text="The order it is about, if any.")
+
+
+class PositionTimelineSerializer(serializers.Serializer):
+    position = serializers.IntegerField(source="position.pk")
+    entries = TimelineEntrySerializer(many=True, help_text="Oldest first.")

@@ -2,10 +2,13 @@
 
 import logging
 
+from django.urls import Resolver404, resolve
+
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,9 +17,10 @@ from risk.checklist import checklist_run
 from risk.entries import BracketNotProtected, TradingHalted, submit_bracket_order
 from risk.flatten import flatten, outcome_summary
 from risk.selectors import monitor_status
+from risk.timeline import position_timeline
 from risk.trading_state import ChecklistNotPassed, trading_mode_change
 from trading.broker import BrokerError
-from trading.models import Order
+from trading.models import Order, Position, TradingMode
 from trading.selectors import (
     order_with_legs,
     positions_list,
@@ -25,6 +29,7 @@ from trading.selectors import (
 )
 from trading.validation import OrderValidationError
 
+from ..audit import flatten_history, history_add
 from . import permissions as perms
 from . import throttling
 from .serializers import (
@@ -41,6 +46,7 @@ from .serializers import (
     OrderSerializer,
     PositionFilterSerializer,
     PositionSerializer,
+    PositionTimelineSerializer,
     TestOrderRequestSerializer,
     TestOrderResponseSerializer,
     TradingStateRequestSerializer,
@@ -190,6 +196,28 @@ class PositionListView(ConsoleAPIView):
     pagination_class = PositionPagination
 
 
+class PositionTimelineView(ConsoleAPIView):
+    required_perms = {"GET": perms.VIEW_POSITION}
+
+    @extend_schema(
+        operation_id="positions_timeline",
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The position's id.")],
+        responses={200: PositionTimelineSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN,
+                   404: OpenApiResponse(ErrorSerializer, description="No such position (or not a position id)."),
+                   429: THROTTLED},
+        description=f"Everything that happened to one position, oldest first: its entry, legs, fills and exit, "
+                    f"risk events, alerts, operators' actions and the trading-state changes while it was open. "
+                    f"Needs `{perms.VIEW_POSITION}`.",
+    )
+    def get(self, request, pk: str):
+        position_id = int(pk) if pk.isascii() and pk.isdigit() else 0
+        position = Position.objects.filter(pk=position_id).first() if 1 <= position_id <= MAX_ID else None
+        if position is None:
+            return Response({"detail": "No such position."}, status=status.HTTP_404_NOT_FOUND)
+        return Response(PositionTimelineSerializer({"position": position,
+                                                    "entries": position_timeline(position=position)}).data)
+
+
 class FlattenView(ConsoleAPIView):
     required_perms = {"POST": perms.FLATTEN}
     throttle_scope = throttling.FLATTEN
@@ -210,12 +238,14 @@ class FlattenView(ConsoleAPIView):
         given = FlattenRequestSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         result = flatten(user=request.user, positions=given.validated_data.get("positions"))
+        flatten_history(user=request.user, result=result)
         results = [
             {"position": o.position, "state": o.state, "detail": o.detail, "summary": outcome_summary(o)}
             for o in result.outcomes
         ]
         return Response({
-            "halted": result.halted is not None,
+            "halted": trading_state().mode == TradingMode.HALTED,
+            "halted_now": result.halted is not None,
             "cancelled_orders": result.cancelled_orders,
             "errors": result.errors,
             "results": CloseResultSerializer(results, many=True).data,
@@ -276,14 +306,15 @@ class TradingStateView(ConsoleAPIView):
         given.is_valid(raise_exception=True)
         data = given.validated_data
         try:
-            trading_mode_change(mode=data["mode"], reason=data["reason"], user=request.user,
-                                override=data["override"])
+            change = trading_mode_change(mode=data["mode"], reason=data["reason"], user=request.user,
+                                         override=data["override"])
         except ChecklistNotPassed as exc:
             body = _field_errors(exc)
             body["checklist"] = ChecklistSerializer(_checklist_payload(exc.checklist)).data
             return Response(body, status=status.HTTP_400_BAD_REQUEST)
         except OrderValidationError as exc:
             return Response(_field_errors(exc), status=status.HTTP_400_BAD_REQUEST)
+        history_add(user=request.user, obj=change, message=f"Trading set to {change.mode}: {change.reason}")
         return Response(self._current())
 
 
@@ -298,3 +329,26 @@ class MonitorView(ConsoleAPIView):
     )
     def get(self, request):
         return Response(MonitorSerializer(monitor_payload(monitor_status())).data)
+
+
+class NotFoundView(APIView):
+    """Any /api/ path that is no endpoint (a trailing slash, a typo, an old version): a JSON 404,
+    never Django's HTML page, naming the endpoint meant when only the trailing slash differs.
+    Anonymous callers get the API's 401 first, so paths can't be probed without credentials."""
+
+    permission_classes = [IsAuthenticated]
+    schema = None  # not an endpoint: left out of the OpenAPI schema
+
+    def _not_found(self, request, *args, **kwargs):
+        detail = "No such API endpoint."
+        path = request.path
+        if path.endswith("/") and path.rstrip("/"):
+            try:
+                match = resolve(path.rstrip("/"))
+            except Resolver404:
+                match = None
+            if match is not None and match.func.__name__ != NotFoundView.__name__:
+                detail += f" The endpoint is {path.rstrip('/')} (no trailing slash)."
+        return Response({"detail": detail}, status=status.HTTP_404_NOT_FOUND)
+
+    get = post = put = patch = delete = options = _not_found
