@@ -34,6 +34,22 @@ def test_refuses_to_start_without_a_secret_key_when_debug_is_off():
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
+def test_a_local_env_file_is_read_and_the_environment_wins(tmp_path):
+    """make run's .env lets commands run from any terminal; a variable set in the environment
+    still wins over the file."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("# local\nDJANGO_DEBUG=true\nMONITOR_INTERVAL_SECONDS=15\n")
+    env = _env(CATALYST_ENV_FILE=str(env_file))
+    result = _run("shell", "-c", "from django.conf import settings; print(settings.DEBUG, settings.MONITOR_INTERVAL_SECONDS)",
+                  env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "True 15"
+    result = _run("check", env={**env, "DJANGO_DEBUG": "false"})  # the environment wins: no key, refused
+    assert result.returncode != 0 and "DJANGO_SECRET_KEY must be set" in result.stderr
+    result = _run("check", env=_env(CATALYST_ENV_FILE=str(tmp_path / "missing")))
+    assert "CATALYST_ENV_FILE names" in result.stderr
+
+
 def test_a_bad_setting_is_named_without_a_traceback():
     result = _run("runmonitor", "--once", env=_env(DJANGO_DEBUG="true", MONITOR_INTERVAL_SECONDS="soon"))
     assert result.returncode != 0
