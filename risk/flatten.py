@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db.models import Prefetch
+from django.template.defaultfilters import pluralize
 
 from trading import broker
 from trading.broker import BrokerError
@@ -151,7 +152,7 @@ def flatten(*, user, positions=None) -> FlattenResult:
     else:
         targets = _positions_for(positions)
     event_record(kind=RiskEventKind.TRADING_STATE, reason=CloseReason.EMERGENCY_STOP,
-                 message=f"emergency flatten by {who}: {len(targets)} positions"
+                 message=f"emergency flatten by {who}: {len(targets)} position{pluralize(len(targets))}"
                          + ("" if positions is not None else f", {result.cancelled_orders} orders cancelled"),
                  data={"positions": [p.pk for p in targets], "user": who, "everything": positions is None})
     result.outcomes = positions_close(positions=targets, reason=CloseReason.EMERGENCY_STOP, by=Closer.FLATTEN,

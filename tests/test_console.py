@@ -222,6 +222,8 @@ def test_positions_export_as_csv_streamed_with_the_changelists_filters(operator)
     assert header[:3] == ["id", "symbol", "side"] and "realised_pnl" in header and "closed_by" in header
     assert [row[1] for row in data] == ["NVDA"]
     assert Decimal(data[0][header.index("realised_pnl")]) == Decimal("-50")
+    page = operator.get("/admin/trading/position/").content.decode()  # the button, beside the console's links
+    assert re.search(r"href=\"/admin/trading/position/export/\??\"", page) and 'href="/admin/trading/position/board/"' in page
 
 
 def test_orders_export_needs_the_view_permission(exchange):

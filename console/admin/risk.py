@@ -34,7 +34,7 @@ class RiskEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="message")
     def short_message(self, obj: RiskEvent) -> str:
-        return obj.message if len(obj.message) <= 120 else obj.message[:117] + "..."
+        return obj.message if len(obj.message) <= 90 else obj.message[:87] + "..."
 
 
 @admin.register(Alert)
