@@ -484,9 +484,11 @@ def reconcile_run(*, dry_run: bool = False) -> ReconcileReport:
 def _finish(report: ReconcileReport, *, record: bool) -> ReconcileReport:
     report.finished_at = timezone.now()
     summary = report.summary()
-    (log.warning if report.errors or any(f.kind in (FindingKind.MISMATCH, FindingKind.CLOSED_UNEXPLAINED,
-                                                    FindingKind.ADOPTED)
-                                         for f in report.findings) else log.info)(summary)
+    if report.errors or any(f.kind in (FindingKind.MISMATCH, FindingKind.CLOSED_UNEXPLAINED, FindingKind.ADOPTED)
+                            for f in report.findings):
+        log.warning(summary)
+    elif not record:  # a recorded run's line is its journal event's: not twice
+        log.info(summary)
     if record:
         event_record(kind=RiskEventKind.RECONCILED, reason="reconcile run", message=summary,
                      data=report.counts() | {"broker_positions": report.broker_positions,

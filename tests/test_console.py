@@ -10,16 +10,14 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from risk.models import RiskEvent
-from tests.helpers import open_bracket
+from tests.helpers import open_bracket, staff_client
 from trading.board import positions_board
 from trading.charts import closes_by_day
 from trading.models import CloseReason, Position, PositionStatus, Protection
@@ -32,14 +30,7 @@ OPERATOR = VIEW + ["trading.flatten_positions", "trading.close_positions", "trad
                    "trading.view_tradingstatechange", "risk.view_heartbeat"]
 
 
-def _client(username: str, perms: list[str]) -> Client:
-    user = User.objects.create_user(username, password="pw-for-tests-only", is_staff=True)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    client = Client(HTTP_X_FORWARDED_PROTO="https")
-    client.force_login(user)
-    return client
+_client = staff_client
 
 
 @pytest.fixture
@@ -306,3 +297,17 @@ def test_paperquote_refuses_a_zero_price(exchange):
         call_command("paperquote", "AAPL", "--price", "0", "--url", exchange.url)
     with pytest.raises(CommandError, match="can't both be 0"):
         call_command("paperquote", "AAPL", "--bid", "0", "--ask", "0", "--url", exchange.url)
+
+
+def test_every_change_through_a_queryset_update_moves_updated_at():
+    """update() skips auto_now: the monitor's claim, lock and close all go through it."""
+    from risk.claims import position_claim
+    from trading.models import Closer
+
+    position = Position.objects.create(symbol="AAPL", side="long", quantity=Decimal(1), entry_price=Decimal(100),
+                                       opened_at=timezone.now())
+    old = timezone.now() - timedelta(days=1)
+    Position.objects.filter(pk=position.pk).update(updated_at=old)
+    assert position_claim(position_id=position.pk, reason=CloseReason.STOP_LOSS_HIT, owner="test", by=Closer.MONITOR)
+    position.refresh_from_db()
+    assert position.updated_at > old + timedelta(hours=23) and position.closed_by == Closer.MONITOR

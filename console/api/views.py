@@ -127,23 +127,33 @@ class TestOrderView(ConsoleAPIView):
                         status=status.HTTP_201_CREATED)
 
 
+def _path_id(pk: str) -> int | None:
+    """A row id from the URL. The URL takes any segment, so that "-1", "abc" or an id too large
+    for the database are this API's JSON 404 rather than Django's HTML page (or an overflow)."""
+    value = int(pk) if pk.isascii() and pk.isdigit() else 0
+    return value if 1 <= value <= MAX_ID else None
+
+
+def _one_row_schema(*, operation_id: str, noun: str, response, description: str):
+    return extend_schema(
+        operation_id=operation_id,
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description=f"The {noun}'s id.")],
+        responses={200: response, 401: UNAUTHENTICATED, 403: FORBIDDEN,
+                   404: OpenApiResponse(ErrorSerializer, description=f"No such {noun} (or not an id)."),
+                   429: THROTTLED},
+        description=description,
+    )
+
+
 class OrderDetailView(ConsoleAPIView):
     required_perms = {"GET": perms.VIEW_ORDER}
 
-    @extend_schema(
-        operation_id="orders_retrieve",
-        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The order's id.")],
-        responses={200: OrderSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN,
-                   404: OpenApiResponse(ErrorSerializer, description="No such order (or not an order id)."),
-                   429: THROTTLED},
-        description=f"One order with its legs. Needs `{perms.VIEW_ORDER}`.",
-    )
+    @_one_row_schema(operation_id="orders_retrieve", noun="order", response=OrderSerializer,
+                     description=f"One order with its legs. Needs `{perms.VIEW_ORDER}`.")
     def get(self, request, pk: str):
-        # The URL takes any segment, so that "-1", "abc" or an id too large for the database
-        # are this API's JSON 404 rather than Django's HTML page (or an overflow).
-        order_id = int(pk) if pk.isascii() and pk.isdigit() else 0
+        order_id = _path_id(pk)
         try:
-            if not 1 <= order_id <= MAX_ID:
+            if order_id is None:
                 raise Order.DoesNotExist
             order = order_with_legs(order_id=order_id)
         except Order.DoesNotExist:
@@ -199,19 +209,15 @@ class PositionListView(ConsoleAPIView):
 class PositionTimelineView(ConsoleAPIView):
     required_perms = {"GET": perms.VIEW_POSITION}
 
-    @extend_schema(
-        operation_id="positions_timeline",
-        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The position's id.")],
-        responses={200: PositionTimelineSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN,
-                   404: OpenApiResponse(ErrorSerializer, description="No such position (or not a position id)."),
-                   429: THROTTLED},
+    @_one_row_schema(
+        operation_id="positions_timeline", noun="position", response=PositionTimelineSerializer,
         description=f"Everything that happened to one position, oldest first: its entry, legs, fills and exit, "
                     f"risk events, alerts, operators' actions and the trading-state changes while it was open. "
                     f"Needs `{perms.VIEW_POSITION}`.",
     )
     def get(self, request, pk: str):
-        position_id = int(pk) if pk.isascii() and pk.isdigit() else 0
-        position = Position.objects.filter(pk=position_id).first() if 1 <= position_id <= MAX_ID else None
+        position_id = _path_id(pk)
+        position = Position.objects.filter(pk=position_id).first() if position_id else None
         if position is None:
             return Response({"detail": "No such position."}, status=status.HTTP_404_NOT_FOUND)
         return Response(PositionTimelineSerializer({"position": position,
