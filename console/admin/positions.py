@@ -103,20 +103,22 @@ class PositionAdmin(CsvExportMixin, admin.ModelAdmin):
     list_per_page = 100
     ordering = ("-id",)
     # Only indexed columns sort: sorting a million rows by price or P&L would scan them all.
-    sortable_by = ("id", "symbol", "closed_at")
+    sortable_by = ("id", "symbol", "times")  # times: by closed_at
     actions = ("flatten_selected", "close_selected", "protect_selected")
     inlines = (PositionOrderInline, PositionRiskEventInline)
     fieldsets = (
         (None, {"fields": ("symbol", "side", "quantity", "status", "protection", "protection_checked_at")}),
         ("Prices", {"fields": ("entry_price", "stop_loss", "take_profit", "exit_price", "realised_pnl")}),
-        ("Lifecycle", {"fields": ("opened_at", "closed_at", "close_reason", "entry_order_link", "is_test", "adopted",
+        ("Lifecycle", {"fields": ("opened_at", "closed_at", "close_reason", "closed_by", "entry_order_link", "is_test",
+                                  "adopted",
                                   "lock_owner", "locked_until", "updated_at")}),
         ("Review", {"fields": ("needs_review", "review_note")}),
     )
     # Broker-derived fields are never edited by hand: only the review flag and note are.
     readonly_fields = ("symbol", "side", "quantity", "status", "protection", "protection_checked_at", "entry_price",
                        "stop_loss", "take_profit", "exit_price", "realised_pnl", "opened_at", "closed_at",
-                       "close_reason", "entry_order_link", "is_test", "adopted", "lock_owner", "locked_until",
+                       "close_reason", "closed_by", "entry_order_link", "is_test", "adopted", "lock_owner",
+                       "locked_until",
                        "updated_at")
 
     def get_queryset(self, request):

@@ -9,7 +9,7 @@ from rest_framework.settings import api_settings
 
 from risk.closing import CloseState
 from risk.timeline import Source
-from trading.models import Order, Position, PositionStatus, TradingMode
+from trading.models import Closer, Order, Position, PositionStatus, TradingMode
 
 
 class StrictCharField(serializers.CharField):
@@ -157,6 +157,8 @@ FIELD_ERRORS_SCHEMA = {
 
 
 class PositionSerializer(serializers.ModelSerializer):
+    closed_by = serializers.ChoiceField(choices=Closer.choices, allow_blank=True, read_only=True,
+                                        help_text="Who claimed it for closing; blank while open.")
     realised_pnl = serializers.DecimalField(source="pnl", max_digits=30, decimal_places=4, read_only=True,
                                             allow_null=True)
 
@@ -164,7 +166,7 @@ class PositionSerializer(serializers.ModelSerializer):
         model = Position
         fields = ["id", "symbol", "side", "quantity", "entry_price", "stop_loss", "take_profit", "status",
                   "protection", "protection_checked_at", "opened_at", "closed_at", "exit_price", "close_reason",
-                  "realised_pnl", "adopted", "needs_review", "is_test", "entry_order"]
+                  "closed_by", "realised_pnl", "adopted", "needs_review", "is_test", "entry_order"]
         read_only_fields = fields
 
 
