@@ -1,12 +1,15 @@
 """Log lines an operator can follow and a machine can read: one JSON object per line.
 
 A line logged with `extra={"payload": {...}}` (the risk journal's events) carries those
-fields at the top level; any other line carries its text as `message`.
+fields at the top level, scrubbed like every message (trading.redaction); any other line
+carries its text as `message`.
 """
 
 import json
 import logging
 from datetime import UTC, datetime
+
+from trading.redaction import scrub_data
 
 
 class JsonLines(logging.Formatter):
@@ -18,7 +21,7 @@ class JsonLines(logging.Formatter):
         }
         payload = getattr(record, "payload", None)
         if isinstance(payload, dict):
-            line.update(payload)
+            line.update(scrub_data(payload))
         else:
             line["message"] = record.getMessage()
         if record.exc_info:

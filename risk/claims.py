@@ -29,7 +29,7 @@ def position_claim(*, position_id: int, reason: str | None, owner: str, by: Clos
                 return False
         return candidates.update(
             status=PositionStatus.CLOSING, close_reason=reason, closed_by=by, lock_owner=owner,
-            locked_until=now + lock_span()
+            locked_until=now + lock_span(), exit_refusals=0, exit_refused_at=None,
         ) == 1
 
 

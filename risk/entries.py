@@ -19,6 +19,7 @@ from trading.models import (
     STOP_TYPES,
     Order,
     OrderClass,
+    OrderSide,
     OrderType,
     Position,
     PositionStatus,
@@ -106,20 +107,22 @@ def submit_bracket_order(
     not allowed, BrokerError when the broker fails, BracketNotProtected when the order
     came back without its two legs (the original incident).
     """
-    reference = None
+    quote = None
     if entry_price is None:
         try:
-            reference = broker.latest_price(normalize_symbol(symbol))
+            quote = broker.latest_quote(normalize_symbol(symbol))
         except OrderValidationError:
             pass  # validate_bracket reports the symbol with every other bad field
     spec = validate_bracket(symbol=symbol, quantity=quantity, side=side, stop_loss=stop_loss,
-                            take_profit=take_profit, entry_price=entry_price, reference_price=reference)
+                            take_profit=take_profit, entry_price=entry_price,
+                            bid=quote.bid if quote else None, ask=quote.ask if quote else None)
     _check_entry_allowed(spec, is_test=is_test)
     entry = bracket_send(spec=spec, time_in_force=time_in_force or settings.BRACKET_TIME_IN_FORCE,
                          prefix="test" if is_test else "entry")
     # Recorded as soon as the broker has it, so a failure below can't leave it unguarded:
     # the monitor watches an open position's stop whether or not its legs are confirmed.
-    position = _position_open(entry=entry, spec=spec, reference=reference, is_test=is_test)
+    expected = None if quote is None else (quote.ask if spec.side == OrderSide.BUY else quote.bid)
+    position = _position_open(entry=entry, spec=spec, expected_price=expected, is_test=is_test)
     try:
         remote = order_read(order=entry)  # what the broker really holds, legs and all
     except BrokerError as exc:
@@ -136,12 +139,14 @@ def submit_bracket_order(
     return position
 
 
-def _position_open(*, entry: Order, spec: BracketSpec, reference: Decimal | None, is_test: bool) -> Position:
+def _position_open(*, entry: Order, spec: BracketSpec, expected_price: Decimal | None, is_test: bool) -> Position:
+    """The position of an entry the broker accepted, priced at its fill, its limit, or (a
+    market entry not yet filled) the side of the quote it will trade on."""
     position = Position.objects.create(
         symbol=spec.symbol,
         side=position_side(spec.side),
         quantity=spec.quantity,
-        entry_price=entry.filled_avg_price or spec.entry_price or round_price(reference),
+        entry_price=entry.filled_avg_price or spec.entry_price or round_price(expected_price),
         stop_loss=spec.stop_loss,
         take_profit=spec.take_profit,
         status=PositionStatus.OPEN,

@@ -112,6 +112,7 @@ class AlertKind(models.TextChoices):
     PROTECTION_EXIT = "protection_exit", "Protection-audit exit"
     RECONCILE_EXIT = "reconcile_exit", "Reconciliation exit"
     EXIT_REJECTED = "exit_rejected", "Exit rejected"
+    EXIT_REFUSED = "exit_refused", "Exits refused: re-protected, left to an operator"
     UNPROTECTED = "unprotected", "Unprotected position"
     ADOPTED = "adopted", "Position adopted from the broker"
     MISMATCH = "mismatch", "Reconciliation mismatch"

@@ -111,8 +111,10 @@ def test_board_page_refreshes_in_place_with_a_fixed_number_of_queries(operator, 
         return len(captured)
 
     few = queries()
-    for _ in range(6):
-        open_bracket("MSFT", quantity=1)
+    for symbol in ("MSFT", "TSLA", "NVDA", "AMD", "META", "AMZN"):  # straight into the database
+        exchange.control.set_quote(symbol, "99.99", "100.01")
+        Position.objects.create(symbol=symbol, side="long", quantity=Decimal(5), entry_price=Decimal(100),
+                                stop_loss=Decimal(95), take_profit=Decimal(110), opened_at=timezone.now())
     assert queries() == few
 
 

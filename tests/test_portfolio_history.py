@@ -95,3 +95,13 @@ def test_the_charts_page_draws_the_equity_curve(alpaca):
     client.force_login(user)
     page = client.get("/admin/trading/position/charts/?period=1M").content.decode()
     assert 'id="chart-equity"' in page and "100512.37" in page
+
+
+@pytest.mark.django_db
+def test_the_paper_exchanges_portfolio_history_is_read_too(paper_exchange):
+    """The same parsing against the paper exchange's GET /v2/account/portfolio/history."""
+    paper_exchange.control.set_quote("AAPL", "149.99", "150.01")
+    history = broker.portfolio_history(period="1W", timeframe="1H")
+    assert history.points, "the exchange records equity as quotes and fills move it"
+    assert all(p.time.tzinfo is not None and isinstance(p.equity, Decimal) for p in history.points)
+    assert history.base_value is None or isinstance(history.base_value, Decimal)

@@ -9,7 +9,6 @@ from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import IsAuthenticated
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -31,6 +30,7 @@ from trading.validation import OrderValidationError
 
 from ..audit import flatten_history, history_add
 from . import permissions as perms
+from .parsers import StrictJSONParser
 from . import throttling
 from .serializers import (
     FIELD_ERRORS_SCHEMA,
@@ -75,7 +75,7 @@ class ConsoleAPIView(APIView):
     permission_classes = perms.PERMISSIONS
     # JSON bodies only: one way to say a thing (a form cannot say null, a list or a number),
     # and a smaller surface. Anything else is a 415.
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
     required_perms: dict[str, str] = {}
 
 

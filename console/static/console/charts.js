@@ -34,7 +34,7 @@
     draw("chart-equity", {
       type: "line",
       data: { labels: equity.times.map(function (t) { return t.slice(0, 16).replace("T", " "); }),
-              datasets: [{ label: "equity ($)", data: equity.equity, borderColor: "#3465a4", pointRadius: 1, tension: 0 }] },
+              datasets: [{ label: "equity ($)", data: equity.equity, borderColor: "#3465a4", backgroundColor: "#3465a4", pointRadius: 3, tension: 0 }] },
       options: common
     });
   }

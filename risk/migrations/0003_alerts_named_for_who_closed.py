@@ -17,8 +17,8 @@ def exit_sent_renamed(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('risk', '0001_initial'),
-        ('trading', '0003_position_closed_by'),
+        ('risk', '0002_alert_exit_refused'),
+        ('trading', '0004_position_closed_by'),
     ]
 
     operations = [
@@ -41,7 +41,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='alert',
             name='kind',
-            field=models.CharField(choices=[('fallback_exit', 'Fallback exit by the monitor'), ('operator_close', 'Operator close: exit sent'), ('flatten_exit', 'Emergency flatten: exit sent'), ('protection_exit', 'Protection-audit exit'), ('reconcile_exit', 'Reconciliation exit'), ('exit_rejected', 'Exit rejected'), ('unprotected', 'Unprotected position'), ('adopted', 'Position adopted from the broker'), ('mismatch', 'Reconciliation mismatch'), ('monitor_errors', 'Monitor failing'), ('bracket_not_protected', 'Bracket without legs'), ('heartbeat_stale', 'Heartbeat stale'), ('heartbeat_back', 'Heartbeat back')], max_length=24),
+            field=models.CharField(choices=[('fallback_exit', 'Fallback exit by the monitor'), ('operator_close', 'Operator close: exit sent'), ('flatten_exit', 'Emergency flatten: exit sent'), ('protection_exit', 'Protection-audit exit'), ('reconcile_exit', 'Reconciliation exit'), ('exit_rejected', 'Exit rejected'), ('exit_refused', 'Exits refused: re-protected, left to an operator'), ('unprotected', 'Unprotected position'), ('adopted', 'Position adopted from the broker'), ('mismatch', 'Reconciliation mismatch'), ('monitor_errors', 'Monitor failing'), ('bracket_not_protected', 'Bracket without legs'), ('heartbeat_stale', 'Heartbeat stale'), ('heartbeat_back', 'Heartbeat back')], max_length=24),
         ),
         migrations.RunPython(exit_sent_renamed, migrations.RunPython.noop),
     ]

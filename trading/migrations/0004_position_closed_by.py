@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('trading', '0002_close_review_index'),
+        ('trading', '0003_exit_refusals'),
     ]
 
     operations = [
