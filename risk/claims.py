@@ -11,15 +11,16 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from trading.models import Position, PositionStatus
+from trading.models import Closer, Position, PositionStatus
 
 
 def lock_span() -> timedelta:
     return timedelta(seconds=settings.MONITOR_LEASE_SECONDS)
 
 
-def position_claim(*, position_id: int, reason: str | None, owner: str) -> bool:
-    """Move one position from open to closing. True for exactly one caller, however many race."""
+def position_claim(*, position_id: int, reason: str | None, owner: str, by: Closer) -> bool:
+    """Move one position from open to closing. True for exactly one caller, however many race.
+    `by` says who closes it (the alert for its exit is named after it)."""
     now = timezone.now()
     with transaction.atomic():
         candidates = Position.objects.filter(pk=position_id, status=PositionStatus.OPEN)
@@ -27,8 +28,8 @@ def position_claim(*, position_id: int, reason: str | None, owner: str) -> bool:
             if not list(candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)):
                 return False
         return candidates.update(
-            status=PositionStatus.CLOSING, close_reason=reason, lock_owner=owner, locked_until=now + lock_span(),
-            exit_refusals=0, exit_refused_at=None, updated_at=now,
+            status=PositionStatus.CLOSING, close_reason=reason, closed_by=by, lock_owner=owner,
+            locked_until=now + lock_span(), exit_refusals=0, exit_refused_at=None,
         ) == 1
 
 
