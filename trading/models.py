@@ -33,6 +33,7 @@ class CloseReason(models.TextChoices):
     MANUAL = "MANUAL", "Closed by an operator"
     EMERGENCY_STOP = "EMERGENCY_STOP", "Emergency flattening"
     MARKET_CLOSE = "MARKET_CLOSE", "Closed at the market close"
+    REDUCED = "REDUCED", "Reduced by the trading service"
 
 
 class Protection(models.TextChoices):
@@ -84,6 +85,11 @@ class Position(models.Model):
     needs_review = models.BooleanField(default=False)
     review_note = models.TextField(blank=True)
     is_test = models.BooleanField(default=False, help_text="Opened by a test bracket order.")
+    intraday = models.BooleanField(null=True, blank=True,
+                                   help_text="Yes: closed before the market close (EOD_FLATTEN). No: stays overnight. "
+                                             "Unknown: as EOD_FLATTEN says.")
+    keep_quantity = models.DecimalField(**QTY, null=True, blank=True,
+                                        help_text="While closing for a reduce: the quantity that stays open.")
     lock_owner = models.CharField(max_length=64, blank=True, help_text="Who is working on closing it.")
     locked_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -242,6 +248,7 @@ class Order(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["position", "role"], name="order_position_role_idx")]
+        permissions = [("submit_order", "Can send orders through the order gate")]
 
     def __str__(self) -> str:
         return f"{self.role} {self.side} {self.qty} {self.symbol} ({self.status})"
