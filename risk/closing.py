@@ -20,7 +20,7 @@ from django.utils import timezone
 from trading import broker
 from trading.broker import BrokerError
 from trading.holdings import close_reason_from_fills, holding
-from trading.models import Order, OrderRole, OrderStatus, Position, PositionStatus
+from trading.models import CloseReason, Order, OrderRole, OrderStatus, Position, PositionStatus, Protection
 from trading.orders import exit_send, orders_cancel, position_orders_refresh
 
 from .alerts import alert_send
@@ -39,6 +39,7 @@ class CloseState(StrEnum):
     ERROR = "error"
     SKIPPED = "skipped"  # not claimed: already closing or closed
     LOCKED = "locked"  # another worker is stepping it
+    REDUCED = "reduced"  # a reduce exited what it was asked to: the rest is open again, to be re-protected
 
 
 @dataclass
@@ -114,6 +115,9 @@ def _progress(position: Position) -> CloseOutcome:
     held = _to_exit(position, orders)
     if held is None:
         return CloseOutcome(position, CloseState.WAITING, UNATTRIBUTED)
+    keep = position.keep_quantity or ZERO
+    if 0 < held <= keep:
+        return _reduce_done(position, held)
     if held <= 0:
         if position.orders.live().exclude(broker_order_id=None).exists():
             orders_cancel(position=position)  # an unfilled entry and its legs must not fill later
@@ -131,9 +135,11 @@ def _progress(position: Position) -> CloseOutcome:
         held = _to_exit(position, orders)
         if held is None:
             return CloseOutcome(position, CloseState.WAITING, UNATTRIBUTED)
+        if 0 < held <= keep:
+            return _reduce_done(position, held)
         if held <= 0:
             return position_finalize(position, orders)
-    return _exit(position, held)
+    return _exit(position, held - keep)
 
 
 def _exit(position: Position, qty: Decimal) -> CloseOutcome:
@@ -166,7 +172,26 @@ def _after_exit_fill(position: Position) -> CloseOutcome:
     remaining = holding(position, orders).held
     if remaining <= 0:
         return position_finalize(position, orders)
+    if position.keep_quantity is not None and remaining <= position.keep_quantity:
+        return _reduce_done(position, remaining)
     return CloseOutcome(position, CloseState.EXIT_PENDING, f"{remaining} still to exit")
+
+
+def _reduce_done(position: Position, held: Decimal) -> CloseOutcome:
+    """A reduce has exited what it was asked to: the position is open again for what it still
+    holds, marked UNPROTECTED (its legs were cancelled) until it is re-protected. A full close
+    that took the reduce over meanwhile (keep_quantity cleared) is left to carry on."""
+    reopened = Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING,
+                                       keep_quantity__isnull=False).update(
+        status=PositionStatus.OPEN, close_reason=None, keep_quantity=None, lock_owner="", locked_until=None,
+        protection=Protection.UNPROTECTED, protection_checked_at=timezone.now())
+    position.refresh_from_db()
+    if not reopened:
+        return CloseOutcome(position, CloseState.WAITING, "taken over by a full close")
+    detail = f"{held.normalize():f} left open, to be re-protected"
+    event_record(kind=RiskEventKind.REDUCED, position=position, reason=CloseReason.REDUCED, message=detail,
+                 data={"held": held})
+    return CloseOutcome(position, CloseState.REDUCED, detail)
 
 
 def close_step(position_id: int, owner: str) -> CloseOutcome:
@@ -234,6 +259,22 @@ def position_close(*, position: Position, reason: str, owner: str | None = None,
                    price: Decimal | None = None, quote_time: datetime | None = None) -> CloseOutcome:
     """Close one position safely. A position already closing or closed is left alone."""
     return positions_close(positions=[position], reason=reason, owner=owner, price=price, quote_time=quote_time)[0]
+
+
+def position_reduce(*, position: Position, quantity: Decimal, owner: str) -> CloseOutcome:
+    """Exit `quantity` of an open position the safe way, keeping the rest open: claimed like a
+    close (its legs cancelled, ONE exit per attempt, never more than it holds), then reopened
+    for the rest (CloseState.REDUCED), which the caller re-protects. Reducing by all it holds
+    closes it (close_reason REDUCED). A position not open is SKIPPED."""
+    held = holding(position, position.orders.all()).held
+    keep = held - quantity if quantity < held else None
+    if not position_claim(position_id=position.pk, reason=CloseReason.REDUCED, owner=owner, keep=keep):
+        position.refresh_from_db()
+        return CloseOutcome(position, CloseState.SKIPPED, f"already {position.status}")
+    event_record(kind=RiskEventKind.CLAIMED, position=position, reason=CloseReason.REDUCED,
+                 message=f"reduce by {quantity.normalize():f} of {held.normalize():f}"
+                         + (f", keeping {keep.normalize():f}" if keep is not None else ", closing it"))
+    return claimed_close([position.pk], owner)[0]
 
 
 def positions_close(*, positions: list[Position], reason: str, owner: str | None = None,
