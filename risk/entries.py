@@ -7,6 +7,7 @@ hold with both legs at the requested prices (the original incident) is cancelled
 """
 
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 
 from django.conf import settings
@@ -97,12 +98,17 @@ def submit_bracket_order(
     entry_price: object = None,
     time_in_force: str | None = None,
     is_test: bool = False,
+    client_order_id: str | None = None,
+    intraday: bool | None = None,
+    admit: Callable[[BracketSpec, Decimal | None], None] | None = None,
 ) -> Position:
     """Send a bracket (entry + stop + target), verify both legs at the broker, record it all.
 
     Raises OrderValidationError before anything is sent, TradingHalted when entries are
     not allowed, BrokerError when the broker fails, BracketNotProtected when the order
-    came back without its two legs (the original incident).
+    came back without its two legs (the original incident). `admit` (the order gate) is
+    called with the checked bracket and the last price just before sending; it raises to
+    refuse. `client_order_id` is the gate's (the caller's own) instead of a new one.
     """
     reference = None
     if entry_price is None:
@@ -113,11 +119,20 @@ def submit_bracket_order(
     spec = validate_bracket(symbol=symbol, quantity=quantity, side=side, stop_loss=stop_loss,
                             take_profit=take_profit, entry_price=entry_price, reference_price=reference)
     _check_entry_allowed(spec, is_test=is_test)
+    if admit is not None:
+        admit(spec, reference)
     entry = bracket_send(spec=spec, time_in_force=time_in_force or settings.BRACKET_TIME_IN_FORCE,
-                         prefix="test" if is_test else "entry")
+                         prefix="test" if is_test else "entry", client_order_id=client_order_id)
+    return bracket_record(entry=entry, spec=spec, reference=reference, is_test=is_test, intraday=intraday)
+
+
+def bracket_record(*, entry: Order, spec: BracketSpec, reference: Decimal | None, is_test: bool = False,
+                   intraday: bool | None = None) -> Position:
+    """Record the position of a bracket the broker has taken, then verify both legs there.
+    Safe to repeat for one entry (the order gate settling a retry): its position is reused."""
     # Recorded as soon as the broker has it, so a failure below can't leave it unguarded:
     # the monitor watches an open position's stop whether or not its legs are confirmed.
-    position = _position_open(entry=entry, spec=spec, reference=reference, is_test=is_test)
+    position = _position_open(entry=entry, spec=spec, reference=reference, is_test=is_test, intraday=intraday)
     try:
         remote = order_read(order=entry)  # what the broker really holds, legs and all
     except BrokerError as exc:
@@ -134,7 +149,10 @@ def submit_bracket_order(
     return position
 
 
-def _position_open(*, entry: Order, spec: BracketSpec, reference: Decimal | None, is_test: bool) -> Position:
+def _position_open(*, entry: Order, spec: BracketSpec, reference: Decimal | None, is_test: bool,
+                   intraday: bool | None) -> Position:
+    if entry.position_id is not None:
+        return Position.objects.get(pk=entry.position_id)
     position = Position.objects.create(
         symbol=spec.symbol,
         side=position_side(spec.side),
@@ -146,6 +164,7 @@ def _position_open(*, entry: Order, spec: BracketSpec, reference: Decimal | None
         opened_at=timezone.now(),
         entry_order=entry,
         is_test=is_test,
+        intraday=intraday,
     )
     entry.position = position
     entry.save(update_fields=["position", "synced_at"])
