@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from trading.models import Position
 from trading.validation import BracketSpec, OrderValidationError, normalize_symbol
 
 from .daily import held_positions
@@ -45,6 +46,12 @@ def limits_defaults() -> dict:
         "symbols_allowed": ", ".join(s.upper() for s in settings.LIMIT_SYMBOLS_ALLOWED),
         "symbols_refused": ", ".join(s.upper() for s in settings.LIMIT_SYMBOLS_REFUSED),
     }
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    return f"{value.normalize():f}" if isinstance(value, Decimal) else str(value)
 
 
 def limits_current() -> RiskLimits:
@@ -87,11 +94,11 @@ def limits_update(*, values: dict, reason: str, user=None) -> RiskLimitsChange |
         raise OrderValidationError(errors)
     with transaction.atomic():
         limits = RiskLimits.objects.select_for_update().get(pk=limits_current().pk)
-        changes = {name: [getattr(limits, name), value] for name, value in cleaned.items()
-                   if getattr(limits, name) != value}
-        if not changes:
+        changed = {name: value for name, value in cleaned.items() if getattr(limits, name) != value}
+        if not changed:
             return None
-        for name, (_, value) in changes.items():
+        changes = {name: [_text(getattr(limits, name)), _text(value)] for name, value in changed.items()}
+        for name, value in changed.items():
             setattr(limits, name, value)
         limits.save()
         return RiskLimitsChange.objects.create(
@@ -142,8 +149,10 @@ def usage_now(*, now: datetime | None = None) -> Usage:
     for item in holdings:
         symbol = item.position.symbol
         exposure[symbol] = exposure.get(symbol, ZERO) + (item.held + item.working) * item.position.entry_price
+    # Entries admitted and not yet recorded as positions (a position, once written, counts above).
+    recorded = Position.objects.filter(entry_order__isnull=False).values("entry_order__client_order_id")
     in_flight = list(OrderRequest.objects.filter(kind=OrderRequestKind.ENTRY, state__in=IN_FLIGHT, position=None)
-                     .values_list("request__symbol", "notional"))
+                     .exclude(client_order_id__in=recorded).values_list("request__symbol", "notional"))
     for symbol, notional in in_flight:
         exposure[symbol] = exposure.get(symbol, ZERO) + (notional or ZERO)
     entries = OrderRequest.objects.filter(kind=OrderRequestKind.ENTRY, created_at__gt=now - timedelta(minutes=1))
@@ -151,8 +160,6 @@ def usage_now(*, now: datetime | None = None) -> Usage:
                  entries_last_minute=entries.count())
 
 
-def _text(value) -> str:
-    return f"{value.normalize():f}" if isinstance(value, Decimal) else str(value)
 
 
 def limits_breaches(*, limits: RiskLimits, spec: BracketSpec, base: Decimal, usage: Usage) -> list[Breach]:
