@@ -18,12 +18,13 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from trading import broker
-from trading.broker import BrokerError
+from trading.broker import BrokerError, Quote
 from trading.models import Position
 
 from .alerts import alert_send, alerts_deliver_pending_in_background
 from .claims import position_claim
 from .closing import CloseOutcome, CloseState, claimed_close, closings_progress
+from .guards import guards_step
 from .journal import event_record, log_line
 from .lease import lease_acquire, lease_release
 from .models import MONITOR, AlertKind, Heartbeat, RiskEvent, RiskEventKind
@@ -45,6 +46,7 @@ class CycleResult:
     market_open: bool | None = None
     outcomes: list[CloseOutcome] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    quotes: dict[str, Quote] = field(default_factory=dict)  # what the cycle fetched, for the guards
 
     def summary(self) -> str:
         market = {True: "open", False: "closed", None: "unknown"}[self.market_open]
@@ -67,7 +69,7 @@ def _check_positions(result: CycleResult, owner: str) -> None:
     result.checked = len(positions)
     if not positions:
         return
-    quotes = broker.latest_quotes({p.symbol for p in positions})
+    quotes = result.quotes = broker.latest_quotes({p.symbol for p in positions})
     now = timezone.now()
     max_age = timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS)
     problems = {symbol: quote_problem(quote=quotes.get(symbol), now=now, max_age=max_age)
@@ -115,6 +117,9 @@ def monitor_cycle(*, owner: str | None = None) -> CycleResult:
             _check_positions(result, owner)
         else:
             result.messages.append("market closed: positions not checked")
+        guarded = guards_step(clock=clock, quotes=result.quotes, outcomes=result.outcomes, owner=owner)
+        result.outcomes.extend(guarded)
+        result.actions += len(guarded)
     except (BrokerError, DatabaseError) as exc:
         result.errors += 1
         result.messages.append(f"{type(exc).__name__}: {exc}")

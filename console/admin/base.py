@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from risk.daily import guard_status
 from risk.selectors import monitor_status
 from trading.selectors import protection_summary, trading_state
 
@@ -88,11 +89,12 @@ class ReadOnlyInline(admin.TabularInline):
 
 
 def console_status() -> dict:
-    """What every console screen shows on top: trading state, protection, monitor."""
+    """What every console screen shows on top: trading state, protection, monitor, the guards."""
     return {
         "trading_state": trading_state(),
         "protection": protection_summary(),
         "monitor": monitor_status(),
+        "guards": guard_status(),
     }
 
 
