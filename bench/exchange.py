@@ -5,7 +5,7 @@ No state file: the bench never needs the exchange to survive a restart."""
 import argparse
 import sys
 
-from paper_exchange.server import serve
+from paper_exchange import serve
 
 
 def main() -> None:

@@ -102,6 +102,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "console.middleware.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -202,7 +203,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": sys.stdout, "formatter": "line"}},
+    "filters": {"scrub": {"()": "trading.redaction.ScrubFilter"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": sys.stdout, "formatter": "line",
+                            "filters": ["scrub"]}},
     "root": {"handlers": ["stdout"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {"urllib3": {"level": "WARNING"}},
 }
@@ -263,6 +266,7 @@ MONITOR_INTERVAL_SECONDS = envint("MONITOR_INTERVAL_SECONDS", 30, minimum=1)
 MONITOR_QUOTE_MAX_AGE_SECONDS = envint("MONITOR_QUOTE_MAX_AGE_SECONDS", 60, minimum=1)
 MONITOR_EXIT_FILL_WAIT_SECONDS = envdecimal("MONITOR_EXIT_FILL_WAIT_SECONDS", "3")
 MONITOR_MARKET_HOURS_ONLY = envbool("MONITOR_MARKET_HOURS_ONLY", True)
+MONITOR_EXIT_ATTEMPTS = envint("MONITOR_EXIT_ATTEMPTS", 3, minimum=1)
 MONITOR_LEASE_SECONDS = envint("MONITOR_LEASE_SECONDS", 120, minimum=5)
 MONITOR_CLOSE_WORKERS = envint("MONITOR_CLOSE_WORKERS", 4, minimum=1)
 MONITOR_ALERT_AFTER_ERROR_CYCLES = envint("MONITOR_ALERT_AFTER_ERROR_CYCLES", 3, minimum=1)

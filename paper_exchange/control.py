@@ -1,4 +1,7 @@
-"""Tiny ``requests`` client for the paper exchange's control API (/_paper/...)."""
+"""Tiny ``requests`` client for the paper exchange's control API (/_paper/...).
+
+One method per control endpoint; see docs/paper-exchange.md for what each does.
+"""
 
 from __future__ import annotations
 
@@ -71,6 +74,7 @@ class PaperExchangeControl:
     # faults
     def add_fault(self, kind: str, method: str | None = None, path: str | None = None,
                   count: int | None = None, delay: float | None = None) -> dict:
+        """HTTP faults match /v2 requests; ``ws_*`` faults match stream paths (/stream, /v2/iex)."""
         return self._call("POST", "/faults", {
             "kind": kind, "method": method, "path": path, "count": count, "delay": delay,
         })
@@ -110,3 +114,52 @@ class PaperExchangeControl:
 
     def state(self) -> dict:
         return self._call("GET", "/state")
+
+    # account, assets, rules
+    def set_cash(self, cash) -> dict:
+        return self._call("POST", "/account", {"cash": _num(cash)})
+
+    def account(self) -> dict:
+        return self._call("GET", "/account")
+
+    def set_asset(self, symbol: str, **flags) -> dict:
+        """flags: tradable, shortable, fractionable, marginable, easy_to_borrow (bool), status, name."""
+        return self._call("POST", "/assets", {"symbol": symbol, **flags})
+
+    def assets(self) -> list:
+        return self._call("GET", "/assets")
+
+    def set_rules(self, wash_trade: bool | None = None, buying_power: bool | None = None) -> dict:
+        body = {k: v for k, v in (("wash_trade", wash_trade), ("buying_power", buying_power)) if v is not None}
+        return self._call("POST", "/rules", body)
+
+    # rate limit
+    def set_rate_limit(self, per_minute: int | None, data_per_minute: int | None = None) -> dict:
+        body = {"per_minute": per_minute}
+        if data_per_minute is not None:
+            body["data_per_minute"] = data_per_minute
+        return self._call("POST", "/rate_limit", body)
+
+    def rate_limit(self) -> dict:
+        return self._call("GET", "/rate_limit")
+
+    def reset_rate_limit_counts(self) -> dict:
+        return self._call("DELETE", "/rate_limit")
+
+    # streams
+    def set_stream_config(self, **config) -> dict:
+        """max_connections, iex_symbol_limit, sip_symbol_limit (int or None), sip_entitled (bool)."""
+        return self._call("POST", "/streams", config)
+
+    def streams(self) -> dict:
+        return self._call("GET", "/streams")
+
+    def events(self) -> list:
+        """The last trade_updates events the exchange published (newest last)."""
+        return self._call("GET", "/events")
+
+    def clear_events(self) -> None:
+        self._call("DELETE", "/events")
+
+    def equity_history(self) -> list:
+        return self._call("GET", "/equity_history")

@@ -12,7 +12,6 @@
 """
 
 import logging
-import re
 import threading
 import time
 from datetime import timedelta
@@ -25,6 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from trading.models import Position
+from trading.redaction import scrub
 
 from .models import Alert, AlertKind, DeliveryStatus
 
@@ -32,38 +32,11 @@ log = logging.getLogger("risk.alerts")
 
 RETRY_BACKOFF_SECONDS = 0.5  # waits 0.5 s, 1 s, 1.5 s... between attempts of one channel
 ALERT_MAX_PARALLEL_DELIVERIES = 4
-MAX_MESSAGE_CHARS = 4000
 DB_RETRIES = 10
 
 _slots = threading.BoundedSemaphore(ALERT_MAX_PARALLEL_DELIVERIES)
 _threads: set[threading.Thread] = set()
 _threads_lock = threading.Lock()
-
-_SECRET_PATTERNS = [
-    # key=value / "key": "value" pairs whose name says they are secret
-    re.compile(r"(?i)\b(api[_-]?key|secret[_-]?key|secret|password|passwd|token|authorization|apca-api-[a-z-]+)"
-               r"(\s*[=:]\s*[\"']?)([^\s\"',;&]+)"),
-    re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"https://hooks\.slack\.com/\S+"),
-]
-
-
-def scrub(text: str) -> str:
-    """The text without the configured secrets or anything shaped like one."""
-    text = str(text)
-    for secret in (settings.ALPACA_API_KEY, settings.ALPACA_SECRET_KEY, settings.ALERT_WEBHOOK_URL,
-                   getattr(settings, "SECRET_KEY", "")):
-        if secret and len(secret) >= 6:
-            text = text.replace(secret, "[redacted]")
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups >= 3:
-            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
-        else:
-            text = pattern.sub("[redacted]", text)
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
-    return text
-
 
 def alert_send(*, kind: str, message: str, position: Position | None = None) -> Alert | None:
     """Store an alert and deliver it in the background once the transaction commits.

@@ -13,7 +13,7 @@ from django.utils import timezone
 from trading import broker
 from trading.broker import BrokerError
 from trading.models import STOP_TYPES, OrderClass, OrderStatus, OrderType, Position
-from trading.selectors import latest_test_entry, open_positions_without_stop
+from trading.selectors import latest_test_entry, positions_without_stop
 
 from .daily import stop_loss_cooldown_until, trading_day
 from .selectors import monitor_status
@@ -88,8 +88,8 @@ def _check_monitor(now: datetime) -> ChecklistItem:
 
 
 def _check_protection() -> ChecklistItem:
-    label = "Every open position has a live stop"
-    lacking = list(open_positions_without_stop().values_list("pk", "symbol")[:20])
+    label = "Every open position has a live stop (and every closing one a working exit or a stop)"
+    lacking = list(positions_without_stop().values_list("pk", "symbol")[:20])
     if lacking:
         names = ", ".join(f"#{pk} {symbol}" for pk, symbol in lacking)
         return ChecklistItem(ALL_PROTECTED, label, False, f"without a live stop or marked unprotected: {names}")

@@ -35,7 +35,7 @@ def position_claim(*, position_id: int, reason: str | None, owner: str, keep: De
                 return False
         return candidates.update(
             status=PositionStatus.CLOSING, close_reason=reason, keep_quantity=keep, lock_owner=owner,
-            locked_until=now + lock_span()
+            locked_until=now + lock_span(), exit_refusals=0, exit_refused_at=None, updated_at=now,
         ) == 1
 
 

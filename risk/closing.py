@@ -15,17 +15,19 @@ from enum import StrEnum
 
 from django.conf import settings
 from django.db import DatabaseError, connection
+from django.db.models import F
 from django.utils import timezone
 
 from trading import broker
 from trading.broker import BrokerError
 from trading.holdings import close_reason_from_fills, holding
 from trading.models import CloseReason, Order, OrderRole, OrderStatus, Position, PositionStatus, Protection
-from trading.orders import exit_send, orders_cancel, position_orders_refresh
+from trading.orders import exit_send, oco_send, order_cancel, orders_cancel, position_orders_refresh
 
 from .alerts import alert_send
 from .claims import closing_lock, closing_unlock, position_claim
 from .journal import event_record
+from .levels import protection_levels
 from .models import AlertKind, RiskEvent, RiskEventKind
 
 ZERO = Decimal("0")
@@ -127,6 +129,7 @@ def _progress(position: Position) -> CloseOutcome:
     if cancelled:
         event_record(kind=RiskEventKind.LEGS_CANCELLED, position=position,
                      message=", ".join(f"{o.role} {o.broker_order_id}: {o.status}" for o in cancelled))
+    if _wash_risks_cancel(position) or cancelled:
         orders = list(position.orders.all())
         still_live = [o for o in orders if o.role != OrderRole.EXIT and not o.is_final]
         if still_live:
@@ -142,15 +145,31 @@ def _progress(position: Position) -> CloseOutcome:
     return _exit(position, held - keep)
 
 
+def _wash_risks_cancel(position: Position) -> list[Order]:
+    """Our other positions' entries still working in the symbol on the other side. Alpaca
+    refuses an order that could trade against the account's own working opposite-side order
+    (a wash trade), so such an entry would block this exit: it is cancelled first (the exit
+    wins); what it had filled stays its position's."""
+    opposite = Order.objects.live().filter(symbol=position.symbol, role=OrderRole.ENTRY, parent__isnull=True,
+                                           side=position.entry_side).exclude(position=position)
+    cancelled = []
+    for entry in opposite.exclude(broker_order_id=None):
+        order_cancel(order=entry)
+        event_record(kind=RiskEventKind.LEGS_CANCELLED, position=entry.position, symbol=entry.symbol,
+                     message=f"entry {entry.client_order_id} ({entry.side} {entry.qty}) cancelled: it would "
+                             f"wash-trade against the exit of #{position.pk}")
+        cancelled.append(entry)
+    return cancelled
+
+
 def _exit(position: Position, qty: Decimal) -> CloseOutcome:
     try:
         exit_order = exit_send(position=position, qty=qty)
     except BrokerError as exc:
-        kind = RiskEventKind.ERROR if exc.outcome_unknown else RiskEventKind.EXIT_REJECTED
-        event_record(kind=kind, position=position, reason="exit failed", message=str(exc))
-        if not exc.outcome_unknown:
-            alert_send(kind=AlertKind.EXIT_REJECTED, message=f"Exit for {position} rejected: {exc}", position=position)
-        return CloseOutcome(position, CloseState.ERROR, str(exc))
+        if exc.outcome_unknown:  # it may be at the broker: the next step looks its id up
+            event_record(kind=RiskEventKind.ERROR, position=position, reason="exit failed", message=str(exc))
+            return CloseOutcome(position, CloseState.ERROR, str(exc))
+        return _exit_refused(position, qty, exc)
     event_record(kind=RiskEventKind.EXIT_SENT, position=position, reason=position.close_reason or "",
                  message=f"{exit_order.side} {exit_order.qty} {position.symbol} market, {exit_order.client_order_id}",
                  data={"order": exit_order.broker_order_id})
@@ -159,6 +178,51 @@ def _exit(position: Position, qty: Decimal) -> CloseOutcome:
     if exit_order.status == OrderStatus.FILLED:
         return _after_exit_fill(position)
     return CloseOutcome(position, CloseState.EXIT_PENDING, "exit sent")
+
+
+def _exit_refused(position: Position, qty: Decimal, exc: BrokerError) -> CloseOutcome:
+    """The broker refused the exit, and the legs are gone: the shares are naked. Shown as
+    UNPROTECTED at once; the next step tries again, and after MONITOR_EXIT_ATTEMPTS refusals
+    the position is re-protected at its stop and target (GTC) and left to an operator."""
+    Position.objects.filter(pk=position.pk).update(
+        exit_refusals=F("exit_refusals") + 1, protection=Protection.UNPROTECTED, protection_checked_at=timezone.now(),
+        updated_at=timezone.now())
+    position.refresh_from_db()
+    attempts = f"{position.exit_refusals} of {settings.MONITOR_EXIT_ATTEMPTS}"
+    event_record(kind=RiskEventKind.EXIT_REJECTED, position=position, reason="exit refused",
+                 message=f"refusal {attempts}: {exc}")
+    alert_send(kind=AlertKind.EXIT_REJECTED, position=position,
+               message=f"Exit for {position} refused ({attempts}); it holds no stop until the exit goes out: {exc}")
+    if position.exit_refusals < settings.MONITOR_EXIT_ATTEMPTS:
+        return CloseOutcome(position, CloseState.ERROR, f"exit refused ({attempts}): {exc}")
+    return _reprotect(position, qty, exc)
+
+
+def _reprotect(position: Position, qty: Decimal, exc: BrokerError) -> CloseOutcome:
+    """Give up exiting: an OCO at the position's stop and target, GTC, then back to open,
+    flagged for review and left out of the monitor's triggers (the broker's OCO guards it)."""
+    stop, target, defaults = protection_levels(position)
+    levels = f"stop {stop} target {target}" + (" (defaults from the entry)" if defaults else "")
+    qty += position.keep_quantity or ZERO  # a reduce's exit was refused: protect all it holds
+    try:
+        order = oco_send(position=position, qty=qty, stop=stop, target=target, time_in_force="gtc")
+    except BrokerError as oco_exc:
+        event_record(kind=RiskEventKind.ERROR, position=position, reason="re-protection failed",
+                     message=f"OCO {levels} refused: {oco_exc}")
+        return CloseOutcome(position, CloseState.ERROR, f"exit refused and OCO {levels} refused: {oco_exc}")
+    now = timezone.now()
+    note = (f"exit refused {position.exit_refusals} times ({exc}); re-protected with OCO {levels} "
+            f"({order.broker_order_id}); close it by hand once the cause is cleared")
+    Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING).update(
+        status=PositionStatus.OPEN, protection=Protection.PROTECTED, protection_checked_at=now, exit_refused_at=now,
+        needs_review=True, review_note=note, lock_owner="", locked_until=None, keep_quantity=None, updated_at=now,
+        **({"stop_loss": stop, "take_profit": target} if defaults else {}))
+    position.refresh_from_db()
+    event_record(kind=RiskEventKind.PROTECTED, position=position, reason="re-protected after refused exits",
+                 message=note, data={"order": order.broker_order_id, "stop": str(stop), "target": str(target),
+                                     "defaults": defaults})
+    alert_send(kind=AlertKind.EXIT_REFUSED, position=position, message=f"{position}: {note}")
+    return CloseOutcome(position, CloseState.ERROR, note)
 
 
 def _after_exit_fill(position: Position) -> CloseOutcome:

@@ -49,12 +49,14 @@ class Held:
     position: Position
     held: Decimal
     working: Decimal  # entry quantity still working at the broker
+    entry_client_order_id: str | None
 
 
 def held_positions() -> list[Held]:
     """Every open or closing position with what it holds: one query."""
     entry = Q(orders__role=OrderRole.ENTRY)
     rows = Position.objects.active().annotate(
+        entry_client_order_id=F("entry_order__client_order_id"),
         entries=Count("orders", filter=entry),
         entry_filled=Sum("orders__filled_qty", filter=entry),
         closed=Sum("orders__filled_qty", filter=~entry),
@@ -64,7 +66,8 @@ def held_positions() -> list[Held]:
     result = []
     for position in rows:
         bought = (position.entry_filled or ZERO) if position.entries else position.quantity
-        result.append(Held(position, max(bought - (position.closed or ZERO), ZERO), position.working or ZERO))
+        result.append(Held(position, max(bought - (position.closed or ZERO), ZERO), position.working or ZERO,
+                           position.entry_client_order_id))
     return result
 
 

@@ -11,6 +11,7 @@ to its close.
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from trading.broker import Clock
@@ -28,6 +29,14 @@ def eod_flattens(intraday: bool | None) -> bool:
     return settings.EOD_FLATTEN == "intraday" and intraday is True
 
 
+def eod_candidates() -> QuerySet[Position]:
+    """The open positions the end-of-day flatten closes (none when it is off)."""
+    if settings.EOD_FLATTEN == "off":
+        return Position.objects.none()
+    due = Position.objects.open()
+    return due.filter(intraday=True) if settings.EOD_FLATTEN == "intraday" else due.exclude(intraday=False)
+
+
 def eod_flatten_starts(clock: Clock) -> datetime | None:
     """When today's end-of-day flatten starts (None while the market is closed or it is off)."""
     if settings.EOD_FLATTEN == "off" or not clock.is_open or clock.next_close is None:
@@ -40,9 +49,7 @@ def end_of_day_flatten(*, clock: Clock, owner: str) -> list[CloseOutcome]:
     starts = eod_flatten_starts(clock)
     if starts is None or (clock.timestamp or timezone.now()) < starts:
         return []
-    due = Position.objects.open()
-    due = due.filter(intraday=True) if settings.EOD_FLATTEN == "intraday" else due.exclude(intraday=False)
-    positions = list(due.order_by("pk"))
+    positions = list(eod_candidates().order_by("pk"))
     if not positions:
         return []
     event_record(kind=RiskEventKind.END_OF_DAY, reason=CloseReason.MARKET_CLOSE,

@@ -19,6 +19,7 @@ from trading.models import (
     STOP_TYPES,
     Order,
     OrderClass,
+    OrderSide,
     OrderType,
     Position,
     PositionStatus,
@@ -107,32 +108,36 @@ def submit_bracket_order(
     Raises OrderValidationError before anything is sent, TradingHalted when entries are
     not allowed, BrokerError when the broker fails, BracketNotProtected when the order
     came back without its two legs (the original incident). `admit` (the order gate) is
-    called with the checked bracket and the last price just before sending; it raises to
+    called with the checked bracket and the price a market entry will trade at (the ask for
+    a buy, the bid for a sell; None for a limit entry) just before sending; it raises to
     refuse. `client_order_id` is the gate's (the caller's own) instead of a new one.
     """
-    reference = None
+    quote = None
     if entry_price is None:
         try:
-            reference = broker.latest_price(normalize_symbol(symbol))
+            quote = broker.latest_quote(normalize_symbol(symbol))
         except OrderValidationError:
             pass  # validate_bracket reports the symbol with every other bad field
     spec = validate_bracket(symbol=symbol, quantity=quantity, side=side, stop_loss=stop_loss,
-                            take_profit=take_profit, entry_price=entry_price, reference_price=reference)
+                            take_profit=take_profit, entry_price=entry_price,
+                            bid=quote.bid if quote else None, ask=quote.ask if quote else None)
     _check_entry_allowed(spec, is_test=is_test)
+    expected = None if quote is None else (quote.ask if spec.side == OrderSide.BUY else quote.bid)
     if admit is not None:
-        admit(spec, reference)
+        admit(spec, expected)
     entry = bracket_send(spec=spec, time_in_force=time_in_force or settings.BRACKET_TIME_IN_FORCE,
                          prefix="test" if is_test else "entry", client_order_id=client_order_id)
-    return bracket_record(entry=entry, spec=spec, reference=reference, is_test=is_test, intraday=intraday)
+    return bracket_record(entry=entry, spec=spec, expected_price=expected, is_test=is_test, intraday=intraday)
 
 
-def bracket_record(*, entry: Order, spec: BracketSpec, reference: Decimal | None, is_test: bool = False,
+def bracket_record(*, entry: Order, spec: BracketSpec, expected_price: Decimal | None, is_test: bool = False,
                    intraday: bool | None = None) -> Position:
     """Record the position of a bracket the broker has taken, then verify both legs there.
     Safe to repeat for one entry (the order gate settling a retry): its position is reused."""
     # Recorded as soon as the broker has it, so a failure below can't leave it unguarded:
     # the monitor watches an open position's stop whether or not its legs are confirmed.
-    position = _position_open(entry=entry, spec=spec, reference=reference, is_test=is_test, intraday=intraday)
+    position = _position_open(entry=entry, spec=spec, expected_price=expected_price, is_test=is_test,
+                              intraday=intraday)
     try:
         remote = order_read(order=entry)  # what the broker really holds, legs and all
     except BrokerError as exc:
@@ -149,15 +154,18 @@ def bracket_record(*, entry: Order, spec: BracketSpec, reference: Decimal | None
     return position
 
 
-def _position_open(*, entry: Order, spec: BracketSpec, reference: Decimal | None, is_test: bool,
+def _position_open(*, entry: Order, spec: BracketSpec, expected_price: Decimal | None, is_test: bool,
                    intraday: bool | None) -> Position:
+    """The position of an entry the broker accepted, priced at its fill, its limit, or (a
+    market entry not yet filled) the side of the quote it will trade on; the one it has when
+    it was recorded before."""
     if entry.position_id is not None:
         return Position.objects.get(pk=entry.position_id)
     position = Position.objects.create(
         symbol=spec.symbol,
         side=position_side(spec.side),
         quantity=spec.quantity,
-        entry_price=entry.filled_avg_price or spec.entry_price or round_price(reference),
+        entry_price=entry.filled_avg_price or spec.entry_price or round_price(expected_price),
         stop_loss=spec.stop_loss,
         take_profit=spec.take_profit,
         status=PositionStatus.OPEN,

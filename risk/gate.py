@@ -230,7 +230,7 @@ def _settle(request: OrderRequest) -> GateResult:
                 return _answer(request, replayed=True)
             entry = bracket_send(spec=spec, time_in_force=_time_in_force(request.request["intraday"]), prefix="entry",
                                  client_order_id=request.client_order_id)
-        position = bracket_record(entry=entry, spec=spec, reference=request.reference_price,
+        position = bracket_record(entry=entry, spec=spec, expected_price=request.expected_price,
                                   intraday=request.request["intraday"])
     except (BracketNotProtected, BrokerError) as exc:
         _failed(request, exc, spec)
@@ -310,11 +310,11 @@ def _failed(request: OrderRequest, exc: Exception, spec: BracketSpec) -> NoRetur
     raise GateRefused(Refusal(request.refusal), request.detail, data=request.data, request=request)
 
 
-def _admit_entry(*, client_order_id: str, canonical: dict, spec: BracketSpec, reference: Decimal | None,
+def _admit_entry(*, client_order_id: str, canonical: dict, spec: BracketSpec, expected: Decimal | None,
                  user) -> OrderRequest:
     """Under the limits' row lock: check every limit against what is held and in flight, and
     record the request. Raises GateRefused (a limit) or _AlreadyRequested."""
-    base = spec.entry_price if spec.entry_price is not None else reference
+    base = spec.entry_price if spec.entry_price is not None else expected
     limits = limits_current()
     with transaction.atomic():
         limits = RiskLimits.objects.select_for_update().get(pk=limits.pk)
@@ -331,9 +331,10 @@ def _admit_entry(*, client_order_id: str, canonical: dict, spec: BracketSpec, re
             try:
                 with transaction.atomic():
                     return OrderRequest.objects.create(
-                        client_order_id=client_order_id, kind=OrderRequestKind.ENTRY, fingerprint=_fingerprint(canonical),
-                        request=canonical, reference_price=reference, notional=(spec.quantity * base).quantize(Decimal("0.01")),
-                        requested_by=by, requested_by_name=by_name, claimed_until=timezone.now() + _claim_span(),
+                        client_order_id=client_order_id, kind=OrderRequestKind.ENTRY,
+                        fingerprint=_fingerprint(canonical), request=canonical, expected_price=expected,
+                        notional=(spec.quantity * base).quantize(Decimal("0.01")), requested_by=by,
+                        requested_by_name=by_name, claimed_until=timezone.now() + _claim_span(),
                     )
             except IntegrityError:
                 raise _AlreadyRequested from None
@@ -366,9 +367,9 @@ def order_submit(*, client_order_id: object, symbol: object, side: object, quant
         return _replay(existing, canonical)
     admitted: list[OrderRequest] = []
 
-    def admit(spec: BracketSpec, reference: Decimal | None) -> None:
+    def admit(spec: BracketSpec, expected: Decimal | None) -> None:
         admitted.append(_admit_entry(client_order_id=client_order_id, canonical=canonical, spec=spec,
-                                     reference=reference, user=user))
+                                     expected=expected, user=user))
 
     try:
         position = submit_bracket_order(symbol=symbol, quantity=quantity, side=side, stop_loss=stop_loss,

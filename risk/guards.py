@@ -29,7 +29,7 @@ from trading.selectors import trading_state
 from .alerts import alert_send
 from .closing import CloseOutcome
 from .daily import held_positions, realised_pnl_since, session_open, unrealised_pnl
-from .end_of_day import end_of_day_flatten
+from .end_of_day import eod_candidates, end_of_day_flatten
 from .flatten import flatten
 from .journal import event_record
 from .models import AlertKind, RiskEvent, RiskEventKind, TradingDay
@@ -117,12 +117,20 @@ def daily_loss_check(*, quotes: dict[str, Quote], now: datetime | None = None) -
     return result.outcomes
 
 
-def guards_step(*, clock: Clock, quotes: dict[str, Quote], outcomes: list[CloseOutcome],
+def guards_step(*, clock: Clock | None, quotes: dict[str, Quote], outcomes: list[CloseOutcome],
                 owner: str) -> list[CloseOutcome]:
-    """The monitor's step after checking positions; returns the closes it started."""
+    """The monitor's step after checking positions; returns the closes it started.
+
+    `clock` is the one the cycle read. None: its read failed (already recorded: what needs the
+    clock waits for the next cycle), or the cycle does not read it (MONITOR_MARKET_HOURS_ONLY
+    off: read here, and only when the kill switch is on or an intraday position is open)."""
     reduced_protect(outcomes=outcomes)
-    closes = end_of_day_flatten(clock=clock, owner=owner)
     stop_loss_guard()
+    if clock is None:
+        if settings.MONITOR_MARKET_HOURS_ONLY or not (settings.DAILY_LOSS_LIMIT or eod_candidates().exists()):
+            return []
+        clock = broker.clock()
+    closes = end_of_day_flatten(clock=clock, owner=owner)
     if clock.is_open or not settings.MONITOR_MARKET_HOURS_ONLY:
         closes += daily_loss_check(quotes=quotes, now=clock.timestamp)
     return closes

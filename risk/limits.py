@@ -16,7 +16,6 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from trading.models import Position
 from trading.validation import BracketSpec, OrderValidationError, normalize_symbol
 
 from .daily import held_positions
@@ -142,28 +141,27 @@ class Usage:
 
 
 def usage_now(*, now: datetime | None = None) -> Usage:
-    """A handful of queries, whatever the number of positions."""
+    """A handful of queries, whatever the number of positions. Entries admitted but not yet
+    settled are read first and counted by their request; a position recorded for one of them
+    meanwhile is skipped, so each counts once however the queries interleave with its sending."""
     now = now or timezone.now()
+    in_flight = {cid: (symbol, notional or ZERO) for cid, symbol, notional in OrderRequest.objects.filter(
+        kind=OrderRequestKind.ENTRY, state__in=IN_FLIGHT).values_list("client_order_id", "request__symbol", "notional")}
     exposure: dict[str, Decimal] = {}
-    holdings = [h for h in held_positions() if h.held + h.working > 0]
+    for symbol, notional in in_flight.values():
+        exposure[symbol] = exposure.get(symbol, ZERO) + notional
+    holdings = [h for h in held_positions() if h.held + h.working > 0 and h.entry_client_order_id not in in_flight]
     for item in holdings:
         symbol = item.position.symbol
         exposure[symbol] = exposure.get(symbol, ZERO) + (item.held + item.working) * item.position.entry_price
-    # Entries admitted and not yet recorded as positions (a position, once written, counts above).
-    recorded = Position.objects.filter(entry_order__isnull=False).values("entry_order__client_order_id")
-    in_flight = list(OrderRequest.objects.filter(kind=OrderRequestKind.ENTRY, state__in=IN_FLIGHT, position=None)
-                     .exclude(client_order_id__in=recorded).values_list("request__symbol", "notional"))
-    for symbol, notional in in_flight:
-        exposure[symbol] = exposure.get(symbol, ZERO) + (notional or ZERO)
     entries = OrderRequest.objects.filter(kind=OrderRequestKind.ENTRY, created_at__gt=now - timedelta(minutes=1))
     return Usage(open_positions=len(holdings) + len(in_flight), exposure=exposure,
                  entries_last_minute=entries.count())
 
 
-
-
 def limits_breaches(*, limits: RiskLimits, spec: BracketSpec, base: Decimal, usage: Usage) -> list[Breach]:
-    """Every limit this entry (at `base`, its entry or last price) would break, in a fixed order."""
+    """Every limit this entry would break, in a fixed order. `base`: its limit price, or the price a
+    market entry trades at (the ask for a buy, the bid for a sell)."""
     notional = spec.quantity * base
     loss = spec.quantity * abs(base - spec.stop_loss)
     symbol_exposure = usage.exposure.get(spec.symbol, ZERO) + notional

@@ -111,6 +111,7 @@ class Lease(models.Model):
 class AlertKind(models.TextChoices):
     EXIT_SENT = "exit_sent", "Fallback exit sent"
     EXIT_REJECTED = "exit_rejected", "Exit rejected"
+    EXIT_REFUSED = "exit_refused", "Exits refused: re-protected, left to an operator"
     UNPROTECTED = "unprotected", "Unprotected position"
     ADOPTED = "adopted", "Position adopted from the broker"
     MISMATCH = "mismatch", "Reconciliation mismatch"
@@ -218,7 +219,8 @@ class OrderRequest(models.Model):
     state = models.CharField(max_length=13, choices=OrderRequestState.choices, default=OrderRequestState.PENDING)
     fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request as normalised.")
     request = models.JSONField(encoder=DjangoJSONEncoder, help_text="The request as normalised.")
-    reference_price = models.DecimalField(**PRICE, null=True, blank=True, help_text="Last price of a market entry.")
+    expected_price = models.DecimalField(**PRICE, null=True, blank=True,
+                                         help_text="A market entry's price: the ask for a buy, the bid for a sell.")
     notional = models.DecimalField(**MONEY, null=True, blank=True)
     position = models.ForeignKey(Position, null=True, blank=True, on_delete=models.PROTECT,
                                  related_name="order_requests")

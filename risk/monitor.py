@@ -18,8 +18,8 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from trading import broker
-from trading.broker import BrokerError, Quote
-from trading.models import Position
+from trading.broker import BrokerError, Clock, Quote
+from trading.models import Position, Side
 
 from .alerts import alert_send, alerts_deliver_pending_in_background
 from .claims import position_claim
@@ -30,7 +30,7 @@ from .lease import lease_acquire, lease_release
 from .models import MONITOR, AlertKind, Heartbeat, RiskEvent, RiskEventKind
 from .protection import protection_audit
 from .reconcile import reconcile_run
-from .rules import quote_problem, trigger_reason
+from .rules import exit_price, quote_problem, trigger_reason
 
 log = logging.getLogger("risk.monitor")
 
@@ -46,6 +46,7 @@ class CycleResult:
     market_open: bool | None = None
     outcomes: list[CloseOutcome] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    clock: Clock | None = None  # the broker's clock, when the cycle read it
     quotes: dict[str, Quote] = field(default_factory=dict)  # what the cycle fetched, for the guards
 
     def summary(self) -> str:
@@ -55,16 +56,10 @@ class CycleResult:
         return text + (f" ({'; '.join(self.messages)})" if self.messages else "")
 
 
-def _skip_events(positions_and_quotes: list, problems: dict[str, str]) -> list[RiskEvent]:
-    return [RiskEvent(kind=RiskEventKind.SKIPPED, position=position, symbol=position.symbol,
-                      price=quote.price if quote else None, quote_time=quote.time if quote else None,
-                      reason=problems[position.symbol])
-            for position, quote in positions_and_quotes]
-
-
 def _check_positions(result: CycleResult, owner: str) -> None:
-    positions = list(
-        Position.objects.open().filter(stop_loss__isnull=False).only("id", "symbol", "side", "stop_loss", "take_profit")
+    positions = list(  # a position left to an operator after refused exits is guarded by its OCO at the broker
+        Position.objects.open().filter(stop_loss__isnull=False, exit_refused_at__isnull=True)
+        .only("id", "symbol", "side", "stop_loss", "take_profit")
     )
     result.checked = len(positions)
     if not positions:
@@ -77,53 +72,80 @@ def _check_positions(result: CycleResult, owner: str) -> None:
     skipped, triggered = [], []
     for position in positions:
         quote = quotes.get(position.symbol)
-        if problems[position.symbol]:
-            skipped.append((position, quote))
+        price = None if problems[position.symbol] else exit_price(quote=quote, side=position.side)
+        if price is None:
+            problem = problems[position.symbol] or f"no {'bid' if position.side == Side.LONG else 'ask'} to exit at"
+            skipped.append(RiskEvent(kind=RiskEventKind.SKIPPED, position=position, symbol=position.symbol,
+                                     price=quote.price if quote else None, quote_time=quote.time if quote else None,
+                                     reason=problem, data=_quote_data(quote)))
             continue
-        reason = trigger_reason(side=position.side, price=quote.price, stop_loss=position.stop_loss,
+        reason = trigger_reason(side=position.side, price=price, stop_loss=position.stop_loss,
                                 take_profit=position.take_profit)
         if reason:
-            triggered.append((position, reason, quote))
+            triggered.append((position, reason, quote, price))
     if skipped:
-        events = RiskEvent.objects.bulk_create(_skip_events(skipped, problems), batch_size=500)
+        RiskEvent.objects.bulk_create(skipped, batch_size=500)
         by_reason: dict[str, int] = {}
-        for event in events:
+        for event in skipped:
             by_reason[event.reason] = by_reason.get(event.reason, 0) + 1
-        log_line({"event": "skipped", "count": len(events), "reasons": by_reason})
-        result.skipped = len(events)
+        log_line({"event": "skipped", "count": len(skipped), "reasons": by_reason})
+        result.skipped = len(skipped)
     claimed = []
-    for position, reason, quote in triggered:
+    for position, reason, quote, price in triggered:
         if position_claim(position_id=position.pk, reason=reason, owner=owner):
-            event_record(kind=RiskEventKind.TRIGGERED, position=position, price=quote.price, quote_time=quote.time,
-                         reason=reason,
-                         message=f"price {quote.price} vs stop {position.stop_loss} / target {position.take_profit}")
+            event_record(kind=RiskEventKind.TRIGGERED, position=position, price=price, quote_time=quote.time,
+                         reason=reason, data=_quote_data(quote) | {"price_used": price},
+                         message=f"{'bid' if position.side == Side.LONG else 'ask'} {price} (bid {quote.bid} / "
+                                 f"ask {quote.ask}) vs stop {position.stop_loss} / target {position.take_profit}")
             claimed.append(position.pk)
     result.actions += len(claimed)
     result.outcomes.extend(claimed_close(claimed, owner))
 
 
+def _quote_data(quote) -> dict:
+    return {} if quote is None else {"bid": quote.bid, "ask": quote.ask}
+
+
+def _failed(result: CycleResult, exc: Exception, what: str) -> None:
+    result.errors += 1
+    result.messages.append(f"{what}: {type(exc).__name__}: {exc}")
+    event_record(kind=RiskEventKind.ERROR, reason=f"{what} failed", message=f"{type(exc).__name__}: {exc}")
+
+
+def _market_open(result: CycleResult) -> bool:
+    """Whether positions may be acted on now. The clock is read only when market hours matter."""
+    if not settings.MONITOR_MARKET_HOURS_ONLY:
+        return True
+    result.clock = broker.clock()
+    result.market_open = result.clock.is_open
+    return result.market_open
+
+
 def monitor_cycle(*, owner: str | None = None) -> CycleResult:
-    """One check: finish pending closings, then close every position whose stop or target
-    was crossed. Broker and database faults are recorded and end the cycle, never the process."""
+    """One check: carry on closings in progress, then close every position whose stop or
+    target was crossed. Each step's broker or database fault is recorded and ends that step,
+    never the other one (a clock outage never stops closings under way) nor the process."""
     owner = owner or f"cycle-{uuid.uuid4().hex[:12]}"
     result = CycleResult(started_at=timezone.now())
     try:
-        clock = broker.clock()
-        result.market_open = clock.is_open
         resumed = closings_progress(owner=owner)
         result.outcomes.extend(resumed)
         result.actions += sum(1 for o in resumed if o.state in (CloseState.CLOSED, CloseState.EXIT_PENDING))
-        if clock.is_open or not settings.MONITOR_MARKET_HOURS_ONLY:
+    except (BrokerError, DatabaseError) as exc:
+        _failed(result, exc, "closings")
+    try:
+        if _market_open(result):
             _check_positions(result, owner)
         else:
             result.messages.append("market closed: positions not checked")
-        guarded = guards_step(clock=clock, quotes=result.quotes, outcomes=result.outcomes, owner=owner)
+    except (BrokerError, DatabaseError) as exc:
+        _failed(result, exc, "cycle")
+    try:
+        guarded = guards_step(clock=result.clock, quotes=result.quotes, outcomes=result.outcomes, owner=owner)
         result.outcomes.extend(guarded)
         result.actions += len(guarded)
     except (BrokerError, DatabaseError) as exc:
-        result.errors += 1
-        result.messages.append(f"{type(exc).__name__}: {exc}")
-        event_record(kind=RiskEventKind.ERROR, reason="cycle failed", message=f"{type(exc).__name__}: {exc}")
+        _failed(result, exc, "guards")
     result.errors += sum(1 for o in result.outcomes if o.state == CloseState.ERROR)
     result.finished_at = timezone.now()
     event_record(kind=RiskEventKind.CYCLE, reason="cycle", message=result.summary(),

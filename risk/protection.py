@@ -44,16 +44,15 @@ from trading.models import (
     Position,
     PositionStatus,
     Protection,
-    Side,
 )
 from trading.orders import oco_send, order_cancel, orders_cancel, position_orders_fetch
-from trading.validation import round_price
 
 from .alerts import alert_send
 from .closing import CloseOutcome, CloseState, position_close
 from .journal import event_record
+from .levels import protection_levels
 from .models import Alert, AlertKind, RiskEventKind
-from .rules import quote_problem, trigger_reason
+from .rules import exit_price, quote_problem, trigger_reason
 
 log = logging.getLogger("risk.protection")
 
@@ -137,24 +136,6 @@ def _live_stops(orders: list[BrokerOrder]) -> list[_Stop]:
                 continue
             stops.append(_Stop(leg.id, top.id, leg.symbol, leg.side, leg.qty - leg.filled_qty, leg.stop_price))
     return stops
-
-
-def default_levels(position: Position) -> tuple[Decimal, Decimal]:
-    """Stop and target at PROTECTION_DEFAULT_STOP/TARGET_PERCENT from the entry, by side."""
-    stop_pct = Decimal(settings.PROTECTION_DEFAULT_STOP_PERCENT) / 100
-    target_pct = Decimal(settings.PROTECTION_DEFAULT_TARGET_PERCENT) / 100
-    entry = position.entry_price
-    if position.side == Side.LONG:
-        return round_price(entry * (1 - stop_pct)), round_price(entry * (1 + target_pct))
-    return round_price(entry * (1 + stop_pct)), round_price(entry * (1 - target_pct))
-
-
-def protection_levels(position: Position) -> tuple[Decimal, Decimal, bool]:
-    """(stop, target, defaults_used): the position's own, each missing one from the defaults."""
-    default_stop, default_target = default_levels(position)
-    stop = position.stop_loss if position.stop_loss is not None else default_stop
-    target = position.take_profit if position.take_profit is not None else default_target
-    return round_price(stop), round_price(target), position.stop_loss is None or position.take_profit is None
 
 
 # --- The audit -----------------------------------------------------------------------------------
@@ -305,8 +286,8 @@ def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy:
         if policy != "alert" and quote is not None:
             problem = quote_problem(quote=quote, now=now,
                                     max_age=timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS))
-            if problem is None:
-                price = quote.price
+            price = None if problem else exit_price(quote=quote, side=position.side)
+            if price is not None:
                 crossed = trigger_reason(side=position.side, price=price, stop_loss=stop, take_profit=target)
         if crossed:
             result = _exit(position, reason=crossed, price=price, stop=stop, target=target, quote=quote,

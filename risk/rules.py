@@ -22,9 +22,16 @@ def quote_problem(*, quote: Quote | None, now: datetime, max_age: timedelta) -> 
     return None
 
 
+def exit_price(*, quote: Quote, side: str) -> Decimal | None:
+    """The price an exit would trade at: a long sells at the bid, a short buys at the ask. A
+    quote gapped through a stop (bid 94 / ask 131 on a long stopped at 95) is a stop, whatever
+    its midpoint says."""
+    return quote.bid if side == Side.LONG else quote.ask
+
+
 def trigger_reason(*, side: str, price: Decimal, stop_loss: Decimal | None, take_profit: Decimal | None) -> str | None:
-    """STOP_LOSS_HIT, TAKE_PROFIT_HIT or None. Long: price <= stop / >= target; short: the
-    reverse. When both hold, the stop wins."""
+    """STOP_LOSS_HIT, TAKE_PROFIT_HIT or None for the price an exit would trade at (`exit_price`).
+    Long: price <= stop / >= target; short: the reverse. When both hold, the stop wins."""
     if side == Side.LONG:
         stop_hit = stop_loss is not None and price <= stop_loss
         target_hit = take_profit is not None and price >= take_profit

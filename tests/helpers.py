@@ -5,7 +5,7 @@ from risk.entries import submit_bracket_order
 from risk.trading_state import trading_state_set
 from trading.selectors import trading_state
 
-LEVELS = {"AAPL": ("140", "160"), "MSFT": ("390", "410")}  # stop, target of a long around the quotes
+LEVELS = {"AAPL": ("140", "160"), "MSFT": ("390", "410"), "TSLA": ("240", "260")}  # a long's stop, target
 
 
 def open_bracket(symbol: str = "AAPL", quantity: int = 10, side: str = "buy") -> Position:
@@ -26,6 +26,19 @@ def bracket(**kwargs) -> Position:
 
 def leg(position: Position, role: str) -> Order:
     return position.entry_order.legs.get(role=role)
+
+
+def two_brackets_in_one_symbol(exchange, first: dict, second: dict) -> tuple[Position, Position]:
+    """Two positions of ours in one symbol. Alpaca refuses a second bracket while the first's
+    legs work (its wash-trade rule: an order that could trade against the account's own
+    working opposite-side order); two positions in a symbol still happen there (one adopted
+    from the broker and one of ours, or records that lag the broker), so the pair is built
+    with the exchange's wash-trade rule off, then the rule is back on."""
+    exchange.control.set_rules(wash_trade=False)
+    try:
+        return bracket(**first), bracket(**second)
+    finally:
+        exchange.control.set_rules(wash_trade=True)
 
 
 def exit_posts(exchange) -> list[dict]:

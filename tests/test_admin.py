@@ -65,6 +65,7 @@ def viewer():
 def exchange(paper_exchange):
     paper_exchange.control.set_quote("AAPL", "149.99", "150.01")
     paper_exchange.control.set_quote("MSFT", "399.99", "400.01")
+    paper_exchange.control.set_quote("TSLA", "249.99", "250.01")
     return paper_exchange
 
 
@@ -242,7 +243,7 @@ def _token(response) -> str:
 
 
 def test_flatten_confirmation_lists_what_will_happen(operator, exchange):
-    long, short, other = open_bracket("AAPL"), open_bracket("MSFT", side="sell"), open_bracket("AAPL", quantity=3)
+    long, short, other = open_bracket("AAPL"), open_bracket("MSFT", side="sell"), open_bracket("TSLA", quantity=3)
 
     response = _action(operator, "flatten_selected", [long.pk, short.pk])
 
@@ -261,7 +262,7 @@ def test_flatten_confirmation_lists_what_will_happen(operator, exchange):
 
 
 def test_flatten_selected_twice_sends_each_exit_once(operator, exchange):
-    long, short, keep = open_bracket("AAPL"), open_bracket("MSFT", side="sell"), open_bracket("AAPL", quantity=3)
+    long, short, keep = open_bracket("AAPL"), open_bracket("MSFT", side="sell"), open_bracket("TSLA", quantity=3)
     token = _token(_action(operator, "flatten_selected", [long.pk, short.pk]))
 
     done = _action(operator, "flatten_selected", [long.pk, short.pk], confirmed="yes", token=token)

@@ -58,7 +58,9 @@ def console(transactional_db, live_server, paper_exchange, settings, monkeypatch
 
     paper_exchange.control.set_quote("AAPL", "149.99", "150.01")
     paper_exchange.control.set_quote("MSFT", "399.99", "400.01")
-    submit_bracket_order(symbol="AAPL", quantity=1, side="buy", stop_loss="140", take_profit="160", is_test=True)
+    paper_exchange.control.set_quote("TSLA", "249.99", "250.01")
+    # in a symbol of its own: Alpaca refuses a second bracket while the first's legs work (wash trades)
+    submit_bracket_order(symbol="TSLA", quantity=1, side="buy", stop_loss="240", take_profit="260", is_test=True)
     trading_state_set(mode="ACTIVE", reason="checklist passed at the open", user=user)
     long = submit_bracket_order(symbol="AAPL", quantity=10, side="buy", stop_loss="140", take_profit="160")
     short = submit_bracket_order(symbol="MSFT", quantity=5, side="sell", stop_loss="410", take_profit="390")

@@ -7,10 +7,12 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
+from django.utils import timezone
 
 from risk.limits import limits_current, limits_update
 from risk.models import OrderRequest, RiskEvent, RiskLimitsChange
 from tests.helpers import order_posts, token_client
+from trading.models import Position, Side
 
 pytestmark = pytest.mark.django_db
 
@@ -25,6 +27,14 @@ counter = iter(range(10**6))
 def trader(exchange, active):
     limits_update(values={**OFF, "symbols_allowed": "", "symbols_refused": ""}, reason="tests set their own")
     return token_client("trader", ["trading.submit_order"])
+
+
+def _symbol(exchange) -> str:
+    """A fresh symbol quoted like AAPL. Alpaca refuses a second bracket in a symbol while the
+    first one's legs work (a wash trade), so orders that must all go out use one each."""
+    symbol = "Q" + "".join(chr(ord("A") + int(d)) for d in f"{next(counter):03d}")
+    exchange.control.set_quote(symbol, "149.99", "150.01")
+    return symbol
 
 
 def _send(trader, quantity: int, **fields):
@@ -46,65 +56,101 @@ def _refused(response, limit: str, value: str, requested: str) -> None:
     assert event.reason == limit and event.data["limits"][0]["value"] == value
 
 
-# Each per-order limit: (limit, its value, quantity below / at / above, the figure above it).
+def _held(exchange, symbol: str, quantity: int, price: str = "150") -> Position:
+    """A position already held (no working orders): what an account-wide limit counts."""
+    exchange.control.set_quote(symbol, "149.99", "150.01")
+    exchange.control.set_position(symbol, quantity, price)
+    return Position.objects.create(symbol=symbol, side=Side.LONG, quantity=quantity, entry_price=Decimal(price),
+                                   stop_loss=Decimal("140"), take_profit=Decimal("160"), opened_at=timezone.now())
+
+
+BELOW_AT_ABOVE = [(9, None), (10, None), (11, "above")]
+
+# Each per-order limit with its value and what 11 shares make it (limit entry at 150, stop 145).
 PER_ORDER = [
-    ("max_order_qty", Decimal("10"), (9, 10, 11), "11"),
-    ("max_order_notional", Decimal("1500"), (9, 10, 11), "1650"),  # quantity x 150
-    ("max_order_loss", Decimal("50"), (9, 10, 11), "55"),  # quantity x |150 - 145|
+    ("max_order_qty", Decimal("10"), "11"),
+    ("max_order_notional", Decimal("1500"), "1650"),  # quantity x 150
+    ("max_order_loss", Decimal("50"), "55"),  # quantity x |150 - 145|
 ]
 
 
-@pytest.mark.parametrize("limit,value,quantities,above", PER_ORDER, ids=[row[0] for row in PER_ORDER])
-def test_per_order_limits_below_at_and_above(trader, exchange, limit, value, quantities, above):
+@pytest.mark.parametrize("quantity,refused", BELOW_AT_ABOVE, ids=["below", "at", "above"])
+@pytest.mark.parametrize("limit,value,above", PER_ORDER, ids=[row[0] for row in PER_ORDER])
+def test_per_order_limits(trader, exchange, limit, value, above, quantity, refused):
     _limit(limit, value)
-    below, at, beyond = quantities
-    assert _send(trader, below).status_code == 201
-    assert _send(trader, at).status_code == 201
-    before = len(order_posts(exchange))
-    _refused(_send(trader, beyond), limit, f"{value.normalize():f}", above)
-    assert len(order_posts(exchange)) == before
+    response = _send(trader, quantity)
+    if refused:
+        _refused(response, limit, f"{value.normalize():f}", above)
+        assert not order_posts(exchange)
+    else:
+        assert response.status_code == 201, response.json()
 
 
-def test_a_market_entry_is_measured_at_the_last_price(trader):
-    _limit("max_order_notional", Decimal("1500"))  # 10 x the 150.00 midpoint
+def test_a_market_entry_is_measured_at_the_price_it_trades_at(trader, exchange):
+    _limit("max_order_notional", Decimal("1500.10"))  # 10 x the ask, 150.01, for a buy
     market = {"entry_price": None}
+    _refused(_send(trader, 11, **market), "max_order_notional", "1500.1", "1650.11")
     assert _send(trader, 10, **market).status_code == 201
-    _refused(_send(trader, 11, **market), "max_order_notional", "1500", "1650")
+    # a sell trades at the bid, 149.99: 10 of them fit under 1500
+    _limit("max_order_notional", Decimal("1500"))
+    assert _send(trader, 10, symbol=_symbol(exchange), side="sell", stop_loss="155", take_profit="140",
+                 **market).status_code == 201
 
 
-def test_max_open_positions_below_at_and_above(trader):
+@pytest.mark.parametrize("already_open,refused", [(0, False), (1, False), (2, True)], ids=["below", "at", "above"])
+def test_max_open_positions(trader, exchange, already_open, refused):
     _limit("max_open_positions", 2)
-    assert _send(trader, 1).status_code == 201  # 1 of 2
-    assert _send(trader, 1).status_code == 201  # 2 of 2: at the limit
-    _refused(_send(trader, 1), "max_open_positions", "2", "3")
+    for n in range(already_open):
+        _held(exchange, f"HELD{chr(ord('A') + n)}", 1)
+    response = _send(trader, 1)
+    if refused:
+        _refused(response, "max_open_positions", "2", "3")
+    else:
+        assert response.status_code == 201, response.json()
 
 
-def test_max_symbol_exposure_counts_what_is_held_and_working(trader):
+def test_an_entry_admitted_counts_as_an_open_position(trader, exchange):
+    _limit("max_open_positions", 1)
+    assert _send(trader, 1).status_code == 201  # a limit entry still working: it counts
+    _refused(_send(trader, 1, symbol=_symbol(exchange)), "max_open_positions", "1", "2")
+
+
+@pytest.mark.parametrize("quantity,refused", BELOW_AT_ABOVE, ids=["below", "at", "above"])
+def test_max_symbol_exposure_counts_what_is_held(trader, exchange, quantity, refused):
     _limit("max_symbol_exposure", Decimal("3000"))
-    assert _send(trader, 10).status_code == 201  # 1500 working at 150 (the ask is 150.01)
-    _refused(_send(trader, 11), "max_symbol_exposure", "3000", "3150")  # above
-    assert _send(trader, 9).status_code == 201  # below: 2850
-    _refused(_send(trader, 2), "max_symbol_exposure", "3000", "3150")
-    assert _send(trader, 1).status_code == 201  # at: 3000
-    # another symbol has its own allowance
-    assert _send(trader, 1, symbol="MSFT", entry_price="400", stop_loss="390", take_profit="410").status_code == 201
+    _held(exchange, "AAPL", 10)  # 1500 held at 150
+    _held(exchange, "MSFT", 100)  # another symbol's exposure does not count here
+    response = _send(trader, quantity)  # 9, 10, 11 x 150 more
+    if refused:
+        _refused(response, "max_symbol_exposure", "3000", "3150")
+    else:
+        assert response.status_code == 201, response.json()
 
 
-def test_max_total_exposure_counts_every_symbol(trader):
+def test_max_symbol_exposure_counts_a_working_entry(trader):
+    _limit("max_symbol_exposure", Decimal("1500"))
+    assert _send(trader, 10).status_code == 201  # 10 at 150, still working (the ask is 150.01)
+    _refused(_send(trader, 1), "max_symbol_exposure", "1500", "1650")
+
+
+@pytest.mark.parametrize("quantity,refused", BELOW_AT_ABOVE, ids=["below", "at", "above"])
+def test_max_total_exposure_counts_every_symbol(trader, exchange, quantity, refused):
     _limit("max_total_exposure", Decimal("3000"))
-    assert _send(trader, 5, symbol="MSFT", entry_price="300", stop_loss="290", take_profit="410").status_code == 201
-    assert _send(trader, 9).status_code == 201  # 1500 + 1350 = 2850: below
-    _refused(_send(trader, 2), "max_total_exposure", "3000", "3150")  # above
-    assert _send(trader, 1).status_code == 201  # at: 3000
+    _held(exchange, "MSFT", 5, price="300")  # 1500 in another symbol
+    response = _send(trader, quantity)
+    if refused:
+        _refused(response, "max_total_exposure", "3000", "3150")
+    else:
+        assert response.status_code == 201, response.json()
 
 
-def test_max_orders_per_minute_below_at_and_above(trader):
+def test_max_orders_per_minute_below_at_and_above(trader, exchange):
     _limit("max_orders_per_minute", 2)
-    assert _send(trader, 1).status_code == 201
-    assert _send(trader, 1).status_code == 201  # the second in a minute: at the limit
-    _refused(_send(trader, 1), "max_orders_per_minute", "2", "3")
+    assert _send(trader, 1).status_code == 201  # the first in a minute: below
+    assert _send(trader, 1, symbol=_symbol(exchange)).status_code == 201  # the second: at the limit
+    _refused(_send(trader, 1, symbol=_symbol(exchange)), "max_orders_per_minute", "2", "3")
     OrderRequest.objects.update(created_at=OrderRequest.objects.first().created_at.replace(year=2000))
-    assert _send(trader, 1).status_code == 201  # a minute later
+    assert _send(trader, 1, symbol=_symbol(exchange)).status_code == 201  # a minute later
 
 
 def test_symbols_allowed_and_refused(trader):

@@ -42,7 +42,7 @@ def test_a_market_long_is_sent_under_the_callers_id_and_answered_with_both_legs(
     assert [o["order_class"] for o in _exchange_orders(exchange, "strategy-0001")] == ["bracket"]
     request = OrderRequest.objects.get(client_order_id="strategy-0001")
     assert request.state == OrderRequestState.DONE and request.requested_by_name == "trader"
-    assert request.position == position and request.notional == Decimal("1500.00")  # 10 x the 150.00 midpoint
+    assert request.position == position and request.notional == Decimal("1500.10")  # 10 x the ask it buys at
 
 
 def test_a_limit_short_held_overnight_gets_gtc_legs_even_when_brackets_are_day_orders(exchange, active, trader,
@@ -142,14 +142,15 @@ def test_its_own_throttle_scope(exchange, active, trader, settings):
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
                                "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
                                                           "order_gate": "2/min"}}
-    for n in range(2):
-        assert trader.post("/api/v1/orders", {**ORDER, "client_order_id": f"t-{n}", "quantity": 1},
-                           format="json").status_code == 201
-    throttled = trader.post("/api/v1/orders", {**ORDER, "client_order_id": "t-2", "quantity": 1}, format="json")
+    for n, (symbol, stop, target) in enumerate([("AAPL", "145", "160"), ("MSFT", "390", "410")]):
+        body = {**ORDER, "client_order_id": f"t-{n}", "symbol": symbol, "stop_loss": stop, "take_profit": target}
+        assert trader.post("/api/v1/orders", body, format="json").status_code == 201
+    throttled = trader.post("/api/v1/orders", {**ORDER, "client_order_id": "t-2", "symbol": "TSLA",
+                                               "stop_loss": "240", "take_profit": "260"}, format="json")
     assert throttled.status_code == 429 and "Retry-After" in throttled
     # the test orders have their own allowance
     tester = token_client("tester", ["trading.add_order"])
-    body = {k: v for k, v in ORDER.items() if k != "client_order_id"} | {"quantity": 1}
+    body = {"symbol": "TSLA", "side": "buy", "quantity": 1, "stop_loss": "240", "take_profit": "260"}
     assert tester.post("/api/v1/orders/test", body, format="json").status_code == 201
 
 

@@ -38,12 +38,15 @@ sides = st.one_of(st.sampled_from(["buy", "BUY", "Long", "sell", "short", "SHORT
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None)
 @given(symbol=symbols, quantity=numbers, side=sides, stop=numbers, target=numbers, entry=numbers,
-       reference=st.one_of(st.none(), st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("100000"), places=4)))
-def test_bracket_validation_gives_an_order_or_a_clear_error(figures, symbol, quantity, side, stop, target, entry, reference):
+       bid=st.one_of(st.none(), st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("100000"), places=4)),
+       spread=st.decimals(min_value=Decimal("0"), max_value=Decimal("5"), places=2))
+def test_bracket_validation_gives_an_order_or_a_clear_error(figures, symbol, quantity, side, stop, target, entry, bid,
+                                                            spread):
     figures.add("bad inputs tried")
+    ask = None if bid is None else bid + spread
     try:
         spec = validate_bracket(symbol=symbol, quantity=quantity, side=side, stop_loss=stop, take_profit=target,
-                                entry_price=entry, reference_price=reference)
+                                entry_price=entry, bid=bid, ask=ask)
     except OrderValidationError as exc:
         assert exc.errors and all(isinstance(m, str) and m for m in exc.errors.values())
         assert set(exc.errors) <= {"symbol", "quantity", "side", "stop_loss", "take_profit", "entry_price"}
@@ -52,12 +55,14 @@ def test_bracket_validation_gives_an_order_or_a_clear_error(figures, symbol, qua
         figures.add("unhandled errors")
         raise
     figures.add("valid orders generated")
-    base = spec.entry_price if spec.entry_price is not None else round_price(reference)
+    # a limit entry is judged on its price; a market entry on the side of the quote it meets
+    low = spec.entry_price if spec.entry_price is not None else round_price(bid)
+    high = spec.entry_price if spec.entry_price is not None else round_price(ask)
     assert spec.quantity > 0 and spec.quantity == spec.quantity.to_integral_value()
     if spec.side == "buy":
-        assert spec.stop_loss <= base - CENT and spec.take_profit >= base + CENT
+        assert spec.stop_loss <= low - CENT and spec.take_profit >= high + CENT
     else:
-        assert spec.stop_loss >= base + CENT and spec.take_profit <= base - CENT
+        assert spec.stop_loss >= high + CENT and spec.take_profit <= low - CENT
     for price in (spec.stop_loss, spec.take_profit):
         assert price == round_price(price)
 

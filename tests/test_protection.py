@@ -9,9 +9,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from risk.models import Alert, RiskEvent
-from risk.protection import ProtectionPolicyError, default_levels, protection_audit
+from risk.levels import default_levels
+from risk.protection import ProtectionPolicyError, protection_audit
 from risk.reconcile import reconcile_run
-from tests.helpers import bracket, leg
+from tests.helpers import bracket, leg, two_brackets_in_one_symbol
 from trading import broker
 from trading.models import (
     CloseReason,
@@ -314,8 +315,7 @@ def test_an_entry_still_working_is_left_to_itsbracket(exchange, active):
 
 
 def test_two_positions_in_one_symbol_each_count_their_own_legs(exchange, active):
-    first = bracket(quantity=4)
-    second = bracket(quantity=6)
+    first, second = two_brackets_in_one_symbol(exchange, {"quantity": 4}, {"quantity": 6})
     _cancel_stop_by_hand(first)
     exchange.control.clear_requests_log()
 

@@ -8,7 +8,7 @@ from django.core.management.base import CommandError
 
 from risk.models import Alert, Heartbeat, RiskEvent
 from risk.reconcile import UNEXPLAINED_NOTE, reconcile_run
-from tests.helpers import bracket, leg
+from tests.helpers import bracket, leg, two_brackets_in_one_symbol
 from trading import broker
 from trading.models import (
     CloseReason,
@@ -206,8 +206,7 @@ def test_a_side_mismatch_is_flagged_not_closed(exchange, active):
 
 
 def test_two_positions_in_one_symbol_are_compared_in_total(exchange, active):
-    first = bracket(quantity=4)
-    bracket(quantity=6)
+    first, _ = two_brackets_in_one_symbol(exchange, {"quantity": 4}, {"quantity": 6})
     report = reconcile_run()
     assert report.count("mismatch") == 0
 

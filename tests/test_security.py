@@ -450,8 +450,10 @@ def test_the_broker_keys_never_appear(exchange, settings, caplog, capfd):
         exchange.control.add_fault(fault, method="POST", path="/v2/orders")
         keep(api.post("/api/v1/orders/test", GOOD_ORDER, format="json"))
         exchange.control.clear_faults()
-    exchange.control.add_fault("drop_legs", count=1)
-    keep(api.post("/api/v1/orders/test", GOOD_ORDER, format="json"))
+    exchange.control.add_fault("drop_legs", count=1)  # in another symbol: the first bracket's legs still work
+    exchange.control.set_quote("TSLA", "249.99", "250.01")
+    keep(api.post("/api/v1/orders/test", {**GOOD_ORDER, "symbol": "TSLA", "stop_loss": "240", "take_profit": "260"},
+                  format="json"))
     assert "BRACKET NOT PROTECTED" in seen[-1]
 
     # The monitor against a broker that fails every call, then against a working one.

@@ -38,6 +38,7 @@ from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
 from .models import FINAL_ORDER_STATUSES, OrderStatus
+from .redaction import scrub, scrub_data
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,14 @@ DUPLICATE_CLIENT_ORDER_ID = "client_order_id must be unique"
 
 
 class BrokerError(Exception):
-    """The broker refused, failed or could not be reached. Never carries credentials."""
+    """The broker refused, failed or could not be reached. Never carries credentials: its
+    message and body are scrubbed here, whatever the broker put in them."""
 
     def __init__(self, message: str, *, status: int | None = None, code: int | None = None, body: dict | None = None):
         self.status = status
         self.code = code
-        self.body = body or {}
-        super().__init__(message)
+        self.body = scrub_data(body or {})
+        super().__init__(scrub(message))
 
     @property
     def outcome_unknown(self) -> bool:
@@ -284,7 +286,7 @@ def parse_order(raw) -> BrokerOrder:
         filled_at=_dt(raw.get("filled_at")),
         updated_at=_dt(raw.get("updated_at")),
         legs=tuple(parse_order(leg) for leg in legs),
-        raw=raw,
+        raw=scrub_data(raw),
     )
 
 
@@ -302,7 +304,7 @@ def _parse_position(raw) -> BrokerPosition:
         qty=abs(qty),
         qty_available=abs(available) if available is not None else abs(qty),
         avg_entry_price=_dec(raw.get("avg_entry_price"), "avg_entry_price", required=True),
-        raw=raw,
+        raw=scrub_data(raw),
     )
 
 
@@ -510,9 +512,12 @@ def latest_quotes(symbols: Iterable[str]) -> dict[str, Quote]:
     return quotes
 
 
-def latest_price(symbol: str) -> Decimal | None:
+def latest_quote(symbol: str) -> Quote | None:
+    """The symbol's latest quote with both a bid and an ask, not crossed; else None."""
     quote = latest_quotes([symbol]).get(symbol)
-    return quote.price if quote and not quote.crossed else None
+    if quote is None or quote.crossed or quote.bid is None or quote.ask is None:
+        return None
+    return quote
 
 
 def clock() -> Clock:

@@ -90,6 +90,11 @@ class Position(models.Model):
                                              "Unknown: as EOD_FLATTEN says.")
     keep_quantity = models.DecimalField(**QTY, null=True, blank=True,
                                         help_text="While closing for a reduce: the quantity that stays open.")
+    exit_refusals = models.PositiveSmallIntegerField(default=0, help_text="Exits the broker refused since it was claimed.")
+    exit_refused_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the close gave up after refused exits and re-protected it: left to an operator, "
+                  "not re-triggered by the monitor.")
     lock_owner = models.CharField(max_length=64, blank=True, help_text="Who is working on closing it.")
     locked_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -45,14 +45,28 @@ def live_stop_exists() -> Exists:
     return Exists(Order.objects.live().filter(position=OuterRef("pk"), role=OrderRole.STOP_LOSS))
 
 
-def open_positions_without_stop() -> QuerySet[Position]:
-    """Open positions marked unprotected, or with no live stop order of ours."""
-    return (
-        Position.objects.open()
-        .annotate(has_live_stop=live_stop_exists())
-        .filter(Q(protection=Protection.UNPROTECTED) | Q(has_live_stop=False))
-        .order_by("id")
-    )
+def working_exit_exists() -> Exists:
+    """Annotation: the position has an exit of ours at the broker that may still fill."""
+    return Exists(Order.objects.live().filter(position=OuterRef("pk"), role=OrderRole.EXIT,
+                                              broker_order_id__isnull=False))
+
+
+def _unprotected() -> Q:
+    """Over positions annotated with has_live_stop and has_working_exit: open and marked
+    unprotected or without a live stop; or closing with neither a working exit nor a live
+    stop (its legs were cancelled and the exit refused: the shares are naked)."""
+    open_bare = Q(status=PositionStatus.OPEN) & (Q(protection=Protection.UNPROTECTED) | Q(has_live_stop=False))
+    closing_bare = Q(status=PositionStatus.CLOSING, has_working_exit=False, has_live_stop=False)
+    return open_bare | closing_bare
+
+
+def _with_cover(queryset: QuerySet[Position]) -> QuerySet[Position]:
+    return queryset.annotate(has_live_stop=live_stop_exists(), has_working_exit=working_exit_exists())
+
+
+def positions_without_stop() -> QuerySet[Position]:
+    """Positions whose shares nothing protects: see `_unprotected`."""
+    return _with_cover(Position.objects.active()).filter(_unprotected()).order_by("id")
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,7 @@ class ProtectionSummary:
 
     open: int
     closing: int
-    unprotected: int  # open and (marked unprotected or without a live stop)
+    unprotected: int  # open and (marked unprotected or without a live stop), or closing with nothing working
     needs_review: int
 
     @property
@@ -71,14 +85,12 @@ class ProtectionSummary:
 
 def protection_summary() -> ProtectionSummary:
     """One query: counts over open and closing positions."""
-    no_stop = Q(status=PositionStatus.OPEN) & (Q(protection=Protection.UNPROTECTED) | Q(has_live_stop=False))
     row = (
-        Position.objects.active()
-        .annotate(has_live_stop=live_stop_exists())
+        _with_cover(Position.objects.active())
         .aggregate(
             open=Count("pk", filter=Q(status=PositionStatus.OPEN)),
             closing=Count("pk", filter=Q(status=PositionStatus.CLOSING)),
-            unprotected=Count("pk", filter=no_stop),
+            unprotected=Count("pk", filter=_unprotected()),
             needs_review=Count("pk", filter=Q(needs_review=True)),
         )
     )

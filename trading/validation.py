@@ -14,6 +14,8 @@ CENT = Decimal("0.01")
 SUB_DOLLAR_TICK = Decimal("0.0001")
 MAX_QTY_PLACES = 9
 SYMBOL_RE = re.compile(r"^[A-Z]{1,5}([./][A-Z]{1,2})?$")
+# A plain ASCII decimal: no underscores ("1_0"), no other scripts' digits, no spaces inside.
+NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 
 _SIDES = {"buy": OrderSide.BUY, "long": OrderSide.BUY, "sell": OrderSide.SELL, "short": OrderSide.SELL}
 
@@ -42,8 +44,10 @@ def to_decimal(value: object, field: str) -> Decimal:
     """Decimal from str/int/Decimal; floats are refused so no binary rounding sneaks in."""
     if isinstance(value, bool) or isinstance(value, float):
         raise OrderValidationError({field: f"must be a decimal string or integer, not {type(value).__name__}"})
+    if isinstance(value, str) and not NUMBER_RE.match(value.strip()):
+        raise OrderValidationError({field: f"{value!r} is not a number (plain decimal digits only)"})
     try:
-        result = Decimal(str(value).strip()) if isinstance(value, str) else Decimal(value)
+        result = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
     except (InvalidOperation, TypeError, ValueError):
         raise OrderValidationError({field: f"{value!r} is not a number"}) from None
     if not result.is_finite():
@@ -61,10 +65,11 @@ def round_price(price: Decimal) -> Decimal:
 
 
 def normalize_symbol(symbol: object) -> str:
-    value = symbol.strip().upper() if isinstance(symbol, str) else ""
-    if not SYMBOL_RE.match(value):
+    """Checked before it is upper-cased: "ſpy".upper() is "SPY", a look-alike must not trade it."""
+    value = symbol.strip() if isinstance(symbol, str) and symbol.isascii() else ""
+    if not SYMBOL_RE.match(value.upper()):
         raise OrderValidationError({"symbol": f"{symbol!r} is not a valid US equity symbol"})
-    return value
+    return value.upper()
 
 
 def normalize_quantity(quantity: object, *, whole: bool) -> Decimal:
@@ -95,12 +100,16 @@ class BracketSpec:
 
 
 def _price(value: object, field: str) -> Decimal:
+    """A price on Alpaca's increments, judged after rounding: 0.00001 rounds to 0 and is refused."""
     price = to_decimal(value, field)
     if price <= 0:
         raise OrderValidationError({field: f"must be greater than 0, got {price}"})
     if price >= Decimal("1e9"):
         raise OrderValidationError({field: f"{price} is too large"})
-    return round_price(price)
+    rounded = round_price(price)
+    if rounded <= 0:
+        raise OrderValidationError({field: f"must be at least {SUB_DOLLAR_TICK} (Alpaca's smallest tick), got {price}"})
+    return rounded
 
 
 def validate_bracket(
@@ -111,13 +120,15 @@ def validate_bracket(
     stop_loss: object,
     take_profit: object,
     entry_price: object = None,
-    reference_price: Decimal | None = None,
+    bid: Decimal | None = None,
+    ask: Decimal | None = None,
 ) -> BracketSpec:
     """Check a bracket before it is sent; every bad field is reported at once.
 
-    The base is the entry price for a limit entry, else `reference_price` (the last
-    price) for a market entry. Long: stop < base < target; short: the reverse; each
-    at least one cent from the base, as Alpaca demands.
+    A limit entry is judged against its entry price. A market entry is judged against the
+    quote it would trade on: a long's stop below the bid and its target above the ask, a
+    short's stop above the ask and its target below the bid, each by at least a cent, so
+    a stop inside the spread (which would fill at once) is refused.
     """
     errors: dict[str, str] = {}
     values: dict[str, object] = {}
@@ -137,28 +148,26 @@ def validate_bracket(
     if errors:
         raise OrderValidationError(errors)
 
-    base = values["entry_price"] if values["entry_price"] is not None else reference_price
-    if base is None:
-        raise OrderValidationError({"entry_price": "no last price to check a market entry against; give an entry_price"})
-    base = round_price(base)
-    stop, target = values["stop_loss"], values["take_profit"]
-    if values["side"] == OrderSide.BUY:
-        if stop > base - CENT:
-            errors["stop_loss"] = f"a long's stop {stop} must be at least $0.01 below the entry {base}"
-        if target < base + CENT:
-            errors["take_profit"] = f"a long's target {target} must be at least $0.01 above the entry {base}"
+    stop, target, entry = values["stop_loss"], values["take_profit"], values["entry_price"]
+    if entry is not None:
+        bid = ask = entry
+        where = "the entry"
+    elif bid is None or ask is None:
+        raise OrderValidationError({"entry_price": "no bid and ask to check a market entry against; give an entry_price"})
     else:
-        if stop < base + CENT:
-            errors["stop_loss"] = f"a short's stop {stop} must be at least $0.01 above the entry {base}"
-        if target > base - CENT:
-            errors["take_profit"] = f"a short's target {target} must be at least $0.01 below the entry {base}"
+        bid, ask = round_price(bid), round_price(ask)
+        where = None
+    if values["side"] == OrderSide.BUY:
+        if stop > bid - CENT:
+            errors["stop_loss"] = f"a long's stop {stop} must be at least $0.01 below {where or 'the bid'} {bid}"
+        if target < ask + CENT:
+            errors["take_profit"] = f"a long's target {target} must be at least $0.01 above {where or 'the ask'} {ask}"
+    else:
+        if stop < ask + CENT:
+            errors["stop_loss"] = f"a short's stop {stop} must be at least $0.01 above {where or 'the ask'} {ask}"
+        if target > bid - CENT:
+            errors["take_profit"] = f"a short's target {target} must be at least $0.01 below {where or 'the bid'} {bid}"
     if errors:
         raise OrderValidationError(errors)
-    return BracketSpec(
-        symbol=values["symbol"],
-        side=values["side"],
-        quantity=values["quantity"],
-        stop_loss=stop,
-        take_profit=target,
-        entry_price=values["entry_price"],
-    )
+    return BracketSpec(symbol=values["symbol"], side=values["side"], quantity=values["quantity"], stop_loss=stop,
+                       take_profit=target, entry_price=entry)

@@ -87,7 +87,7 @@ class OrderRequestAdmin(ReadOnlyAdmin):
     search_fields = ("client_order_id",)
     search_help_text = "Exact client_order_id."
     ordering = ("-created_at", "-id")
-    readonly_fields = ("created_at", "updated_at", "client_order_id", "kind", "state", "request", "reference_price",
+    readonly_fields = ("created_at", "updated_at", "client_order_id", "kind", "state", "request", "expected_price",
                        "notional", "position_link", "order_link", "refusal", "detail", "data", "requested_by_name",
                        "claimed_until")
     fields = readonly_fields

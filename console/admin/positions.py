@@ -7,9 +7,12 @@ is shown after a redirect (POST-redirect-GET), and underneath the claim (open ->
 makes a second close a "skip". Views here are thin: reads in selectors, changes in risk.
 """
 
+from datetime import date
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.views.main import ERROR_FLAG
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -50,6 +53,7 @@ CLOSE_PERM = "trading.close_positions"
 PROTECT_PERM = "trading.protect_positions"
 CONFIRM_WORD = "FLATTEN"
 RESULTS_SESSION_KEY = "catalyst_close_results"
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(2999, 12, 31)  # a review period; and where dates stay computable
 
 
 class PositionRiskEventInline(ReadOnlyInline):
@@ -73,6 +77,17 @@ class FlattenEverythingForm(forms.Form):
 class PeriodForm(forms.Form):
     start = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(label="To (inclusive)", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def _in_range(self, value):
+        if not FIRST_DAY <= value <= LAST_DAY:
+            raise forms.ValidationError(f"Give a date from {FIRST_DAY} to {LAST_DAY}.")
+        return value
+
+    def clean_start(self):
+        return self._in_range(self.cleaned_data["start"])
+
+    def clean_end(self):
+        return self._in_range(self.cleaned_data["end"])
 
     def clean(self):
         data = super().clean()
@@ -182,6 +197,10 @@ class PositionAdmin(admin.ModelAdmin):
         ] + super().get_urls()
 
     def changelist_view(self, request, extra_context=None):
+        year = request.GET.get(f"{self.date_hierarchy}__year")
+        if year is not None and not (year.isascii() and year.isdigit() and FIRST_DAY.year <= int(year) <= LAST_DAY.year):
+            # Django's date hierarchy overflows on year 9999 (a 500): the admin's "invalid filter" page instead
+            return HttpResponseRedirect(f"{request.path}?{ERROR_FLAG}=1")
         context = {**console_status(), "can_flatten": self.has_flatten_permission(request), **(extra_context or {})}
         response = super().changelist_view(request, extra_context=context)
         cl = getattr(response, "context_data", {}).get("cl")

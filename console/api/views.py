@@ -6,7 +6,6 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -26,6 +25,7 @@ from trading.selectors import (
 from trading.validation import OrderValidationError
 
 from . import permissions as perms
+from .parsers import StrictJSONParser
 from . import throttling
 from .serializers import (
     FIELD_ERRORS_SCHEMA,
@@ -69,7 +69,7 @@ class ConsoleAPIView(APIView):
     permission_classes = perms.PERMISSIONS
     # JSON bodies only: one way to say a thing (a form cannot say null, a list or a number),
     # and a smaller surface. Anything else is a 415.
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
     required_perms: dict[str, str] = {}
 
 

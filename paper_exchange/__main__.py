@@ -1,0 +1,7 @@
+"""``python -m paper_exchange --help``"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
