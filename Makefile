@@ -37,7 +37,7 @@ run: $(VENV)/.installed
 	@mkdir -p var
 	$(VPY) manage.py migrate --noinput
 	$(VPY) manage.py demo_setup
-	@if [ -n "$$ALPACA_API_KEY" ]; then procs="web monitor worker"; else procs=""; fi; \
+	@if [ -n "$$ALPACA_API_KEY" ]; then procs="web monitor stream worker"; else procs=""; fi; \
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" exec $(VENV)/bin/honcho -f Procfile start $$procs
 
 test: lint test-sqlite test-postgres

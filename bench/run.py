@@ -226,6 +226,15 @@ def report(results: dict) -> str:
     if seed:
         parts.append(f"\nSeeded {seed['rows']:,} closed positions with {seed['method']} in {seed['insert_seconds']:.1f} s "
                      f"(+ ANALYZE {seed['analyze_seconds']:.1f} s).")
+    events = results.get("broker_events")
+    if events:
+        rows = [["with the stream (`runstream`)", events["stream"]["samples"], sec(events["stream"]["median"]),
+                 sec(events["stream"]["max"]), events["stream"]["misses"]],
+                [f"without it (the monitor's broker sync, every {events['no_stream']['interval']} s)",
+                 events["no_stream"]["samples"], sec(events["no_stream"]["median"]), sec(events["no_stream"]["max"]),
+                 events["no_stream"]["misses"]]]
+        parts.append("\n**Broker events**: a stop leg fills at the exchange → the position is closed in the database\n")
+        parts.append(table(["", "samples", "median s", "max s", "missed"], rows))
     api = results.get("api")
     if api:
         parts.append(f"\n**API** `POST /api/v1/orders/test`, gunicorn ×{api['workers']} sync workers, DEBUG off, "

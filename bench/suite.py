@@ -611,7 +611,7 @@ def main() -> None:
     parser.add_argument("--api-clients", type=int, default=8)
     parser.add_argument("--api-workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--skip", default="", help="comma list of: latency,admin,api")
+    parser.add_argument("--skip", default="", help="comma list of: latency,admin,api,stream")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
 
@@ -678,6 +678,19 @@ def main() -> None:
 
         results["admin_rows_total"] = Position.objects.count()
         results["admin"] = admin_pages(f"{args.admin_rows:,} rows")
+        save()
+
+    if "stream" not in skip:
+        from bench import broker_events
+        from django.conf import settings
+
+        progress("broker events: leg fill -> position closed, with the stream")
+        reset_everything(control)
+        results["broker_events"] = {"stream": broker_events.with_stream(control, env, samples=10)}
+        progress(f"broker events: without the stream (monitor every {settings.MONITOR_INTERVAL_SECONDS}s)")
+        reset_everything(control)
+        results["broker_events"]["no_stream"] = broker_events.without_stream(
+            control, env, samples=10, interval=settings.MONITOR_INTERVAL_SECONDS)
         save()
 
     if "api" not in skip:

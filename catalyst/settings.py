@@ -252,6 +252,9 @@ PAPER_EXCHANGE_URL = envstr("PAPER_EXCHANGE_URL", "http://127.0.0.1:5099")
 _USING_PAPER_EXCHANGE = not (ALPACA_API_KEY and ALPACA_SECRET_KEY)
 ALPACA_TRADING_URL = envstr("ALPACA_TRADING_URL") or (PAPER_EXCHANGE_URL if _USING_PAPER_EXCHANGE else "")
 ALPACA_DATA_URL = envstr("ALPACA_DATA_URL") or (PAPER_EXCHANGE_URL if _USING_PAPER_EXCHANGE else "")
+_PAPER_STREAM_URL = PAPER_EXCHANGE_URL.replace("https://", "wss://").replace("http://", "ws://")
+ALPACA_TRADING_STREAM_URL = envstr("ALPACA_TRADING_STREAM_URL") or (
+    f"{_PAPER_STREAM_URL}/stream" if _USING_PAPER_EXCHANGE else "")
 ALPACA_DATA_FEED = envchoice("ALPACA_DATA_FEED", "iex", ("iex", "sip", "delayed_sip", "boats", "overnight"))
 BROKER_TIMEOUT_SECONDS = envdecimal("BROKER_TIMEOUT_SECONDS", "10", minimum="0.1")
 BROKER_RETRY_ATTEMPTS = envint("BROKER_RETRY_ATTEMPTS", 2)
@@ -274,6 +277,8 @@ RECONCILE_EVERY_N_CYCLES = envint("RECONCILE_EVERY_N_CYCLES", 10, minimum=1)
 PROTECTION_POLICY = envchoice("PROTECTION_POLICY", "protect", ("protect", "flatten", "alert"))
 PROTECTION_DEFAULT_STOP_PERCENT = envdecimal("PROTECTION_DEFAULT_STOP_PERCENT", "2", minimum="0.01")
 PROTECTION_DEFAULT_TARGET_PERCENT = envdecimal("PROTECTION_DEFAULT_TARGET_PERCENT", "4", minimum="0.01")
+STREAM_PING_SECONDS = envint("STREAM_PING_SECONDS", 5, minimum=1)
+STREAM_HEALTHY_SECONDS = envint("STREAM_HEALTHY_SECONDS", 15, minimum=2)
 CHECKLIST_MAX_POSITION_AGE_HOURS = envint("CHECKLIST_MAX_POSITION_AGE_HOURS", 72, minimum=1)
 
 # --- The order gate: pre-trade limits (the defaults of the admin's one row; 0 = no limit) ----------

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from trading import broker
-from trading.broker import BrokerError
+from trading.broker import BrokerError, BrokerOrder
 from trading.models import STOP_TYPES, OrderClass, OrderStatus, OrderType, Position
 from trading.selectors import latest_test_entry, positions_without_stop
 
@@ -70,10 +70,19 @@ def _check_test_bracket() -> ChecklistItem:
         )
     if bad:
         return ChecklistItem(TEST_BRACKET, label, False, f"{when}: leg {bad[0].id} was {bad[0].status}")
-    return ChecklistItem(
-        TEST_BRACKET, label, True,
-        f"{when}: stop {stops[0].stop_price} ({stops[0].status}), target {targets[0].limit_price} ({targets[0].status})",
-    )
+    stop, target = stops[0], targets[0]
+    legs = f"stop {stop.stop_price} ({stop.status}), target {target.limit_price} ({target.status})"
+    return ChecklistItem(TEST_BRACKET, label, _legs_held(stop, target), f"{when}: {legs}")
+
+
+def _legs_held(stop: BrokerOrder, target: BrokerOrder) -> bool:
+    """Both legs live at the broker, or one filled and its sibling cancelled by that fill. Both
+    cancelled (by hand, or expired at the close) proves nothing about protection."""
+    live = [leg for leg in (stop, target) if not leg.is_final]
+    if len(live) == 2:
+        return True
+    filled = [leg for leg in (stop, target) if leg.status == OrderStatus.FILLED]
+    return len(filled) == 1 and {stop.status, target.status} == {OrderStatus.FILLED, OrderStatus.CANCELED}
 
 
 def _check_monitor(now: datetime) -> ChecklistItem:

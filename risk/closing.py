@@ -8,10 +8,8 @@ correct side with a deterministic client_order_id, and close from the real fill.
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -20,66 +18,35 @@ from django.utils import timezone
 
 from trading import broker
 from trading.broker import BrokerError
-from trading.holdings import close_reason_from_fills, holding
-from trading.models import CloseReason, Order, OrderRole, OrderStatus, Position, PositionStatus, Protection
-from trading.orders import exit_send, oco_send, order_cancel, orders_cancel, position_orders_refresh
+from trading.holdings import holding
+from trading.models import (
+    CloseReason,
+    Order,
+    OrderRole,
+    OrderStatus,
+    Position,
+    PositionStatus,
+    Protection,
+)
+from trading.orders import (
+    exit_send,
+    oco_send,
+    order_cancel,
+    orders_cancel,
+    position_orders_refresh,
+)
 
 from .alerts import alert_send
 from .claims import closing_lock, closing_unlock, position_claim
+from .finalize import CloseOutcome, CloseState, position_finalize
+from .follow import Change, position_follow
 from .journal import event_record
 from .levels import protection_levels
+from .market import exits_allowed
 from .models import AlertKind, RiskEvent, RiskEventKind
 
 ZERO = Decimal("0")
 UNATTRIBUTED = "the broker's shares in the symbol are accounted to other positions; trying again next cycle"
-
-
-class CloseState(StrEnum):
-    CLOSED = "closed"
-    EXIT_PENDING = "exit_pending"
-    WAITING = "waiting"  # nothing sent yet: orders still being cancelled, or shares not attributable
-    ERROR = "error"
-    SKIPPED = "skipped"  # not claimed: already closing or closed
-    LOCKED = "locked"  # another worker is stepping it
-    REDUCED = "reduced"  # a reduce exited what it was asked to: the rest is open again, to be re-protected
-
-
-@dataclass
-class CloseOutcome:
-    position: Position
-    state: CloseState
-    detail: str = ""
-
-
-def position_finalize(position: Position, orders: list[Order], *, note: str = "") -> CloseOutcome:
-    """Close a claimed position from its real fills: exit price = their weighted average."""
-    h = holding(position, orders)
-    fills = [o for o in h.fills if o.filled_avg_price is not None]
-    update = dict(status=PositionStatus.CLOSED, close_reason=close_reason_from_fills(fills, default=position.close_reason),
-                  lock_owner="", locked_until=None, updated_at=timezone.now())
-    if fills:
-        qty = sum((o.filled_qty for o in fills), ZERO)
-        update["exit_price"] = (sum((o.filled_qty * o.filled_avg_price for o in fills), ZERO) / qty).quantize(
-            Decimal("0.0001"))
-        update["closed_at"] = max((o.filled_at for o in fills if o.filled_at), default=timezone.now())
-    else:
-        update["closed_at"] = timezone.now()
-        update["needs_review"] = h.entry_qty > 0
-        note = note or ("the broker holds nothing and no fill of ours closed it" if h.entry_qty > 0
-                        else "entry never filled")
-    if h.entry_qty > 0 and h.entry_qty != position.quantity:
-        update["quantity"] = h.entry_qty
-    if note:
-        update["review_note"] = note
-    entry = next((o for o in orders if o.role == OrderRole.ENTRY and o.filled_avg_price), None)
-    if entry is not None:
-        update["entry_price"] = entry.filled_avg_price
-    Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING).update(**update)
-    position.refresh_from_db()
-    event_record(kind=RiskEventKind.CLOSED, position=position, price=position.exit_price,
-                 reason=position.close_reason or "", message=note or f"closed at {position.exit_price}",
-                 data={"pnl": position.realised_pnl})
-    return CloseOutcome(position, CloseState.CLOSED, note)
 
 
 def _held_by_others(position: Position) -> Decimal:
@@ -124,6 +91,8 @@ def _progress(position: Position) -> CloseOutcome:
         if position.orders.live().exclude(broker_order_id=None).exists():
             orders_cancel(position=position)  # an unfilled entry and its legs must not fill later
         return position_finalize(position, list(position.orders.all()))
+    if not exits_allowed():  # its legs stay until the exit can go out: never naked overnight
+        return CloseOutcome(position, CloseState.WAITING, "market closed: the exit goes out once it opens")
 
     cancelled = orders_cancel(position=position)
     if cancelled:
@@ -348,7 +317,9 @@ def positions_close(*, positions: list[Position], reason: str, owner: str | None
     owner = owner or f"close-{uuid.uuid4().hex[:12]}"
     skipped, claimed = [], []
     for position in positions:
-        if position_claim(position_id=position.pk, reason=reason, owner=owner):
+        if position.status == PositionStatus.PENDING:
+            skipped.append(entry_cancel(position=position))
+        elif position_claim(position_id=position.pk, reason=reason, owner=owner):
             event_record(kind=RiskEventKind.CLAIMED, position=position, price=price, quote_time=quote_time,
                          reason=reason)
             claimed.append(position.pk)
@@ -358,6 +329,21 @@ def positions_close(*, positions: list[Position], reason: str, owner: str | None
     outcomes = skipped + claimed_close(claimed, owner)
     order = {p.pk: i for i, p in enumerate(positions)}
     return sorted(outcomes, key=lambda o: order[o.position.pk])
+
+
+def entry_cancel(*, position: Position) -> CloseOutcome:
+    """An entry still working is not a position: closing it means cancelling the entry (with
+    its legs); what it filled meanwhile becomes an open position, closed like any other."""
+    try:
+        orders_cancel(position=position)
+        change = position_follow(position=position)
+    except (BrokerError, DatabaseError) as exc:
+        event_record(kind=RiskEventKind.ERROR, position=position, reason="entry cancel failed", message=str(exc))
+        return CloseOutcome(position, CloseState.ERROR, str(exc))
+    position.refresh_from_db()
+    if change == Change.CANCELLED:
+        return CloseOutcome(position, CloseState.CANCELLED, "entry cancelled before it filled")
+    return CloseOutcome(position, CloseState.SKIPPED, f"entry {change or 'unchanged'}: now {position.status}")
 
 
 def closings_progress(*, owner: str) -> list[CloseOutcome]:

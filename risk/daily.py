@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from trading.broker import Quote
-from trading.models import FINAL_ORDER_STATUSES, Order, OrderRole, Position, Side
+from trading.models import FINAL_ORDER_STATUSES, Order, OrderRole, Position, PositionStatus, Side
 
 from .models import RiskEvent, RiskEventKind, TradingDay
 
@@ -53,9 +53,10 @@ class Held:
 
 
 def held_positions() -> list[Held]:
-    """Every open or closing position with what it holds: one query."""
+    """Every pending, open or closing position with what it holds (a pending one: nothing yet,
+    its entry working): one query."""
     entry = Q(orders__role=OrderRole.ENTRY)
-    rows = Position.objects.active().annotate(
+    rows = Position.objects.filter(status__in=[PositionStatus.PENDING, PositionStatus.OPEN, PositionStatus.CLOSING]).annotate(
         entry_client_order_id=F("entry_order__client_order_id"),
         entries=Count("orders", filter=entry),
         entry_filled=Sum("orders__filled_qty", filter=entry),

@@ -17,7 +17,8 @@ from django.utils import timezone
 from trading.broker import Clock
 from trading.models import CloseReason, Position
 
-from .closing import CloseOutcome, positions_close
+from .closing import positions_close
+from .finalize import CloseOutcome
 from .journal import event_record
 from .models import RiskEventKind
 

@@ -38,6 +38,7 @@ from trading.validation import (
 )
 
 from .alerts import alert_send
+from .follow import position_follow
 from .journal import event_record
 from .models import AlertKind, RiskEventKind
 
@@ -134,10 +135,12 @@ def bracket_record(*, entry: Order, spec: BracketSpec, expected_price: Decimal |
                    intraday: bool | None = None) -> Position:
     """Record the position of a bracket the broker has taken, then verify both legs there.
     Safe to repeat for one entry (the order gate settling a retry): its position is reused."""
-    # Recorded as soon as the broker has it, so a failure below can't leave it unguarded:
-    # the monitor watches an open position's stop whether or not its legs are confirmed.
-    position = _position_open(entry=entry, spec=spec, expected_price=expected_price, is_test=is_test,
-                              intraday=intraday)
+    # Recorded as soon as the broker has it (pending until its entry fills), so a failure below
+    # can't leave it unguarded: once filled, the monitor watches its stop whether or not its
+    # legs are confirmed.
+    position = _position_record(entry=entry, spec=spec, expected_price=expected_price, is_test=is_test,
+                                intraday=intraday)
+    position_follow(position=position)
     try:
         remote = order_read(order=entry)  # what the broker really holds, legs and all
     except BrokerError as exc:
@@ -147,18 +150,19 @@ def bracket_record(*, entry: Order, spec: BracketSpec, expected_price: Decimal |
     problem = _leg_problem(remote, spec)
     if problem is not None:
         _bracket_failed(entry=entry, position=position, spec=spec, problem=problem)
-    Position.objects.filter(pk=position.pk).update(protection=Protection.PROTECTED, protection_checked_at=timezone.now())
+    position.refresh_from_db()
+    position_follow(position=position)  # what the read-back says: filled (open, protected by its legs) or not yet
     position.refresh_from_db()
     log.info("ORDER CONFIRMED [BRACKET] %s %s %s stop=%s target=%s entry=%s",
              spec.side, spec.quantity, spec.symbol, spec.stop_loss, spec.take_profit, remote.id)
     return position
 
 
-def _position_open(*, entry: Order, spec: BracketSpec, expected_price: Decimal | None, is_test: bool,
-                   intraday: bool | None) -> Position:
-    """The position of an entry the broker accepted, priced at its fill, its limit, or (a
-    market entry not yet filled) the side of the quote it will trade on; the one it has when
-    it was recorded before."""
+def _position_record(*, entry: Order, spec: BracketSpec, expected_price: Decimal | None, is_test: bool,
+                     intraday: bool | None) -> Position:
+    """The position of an entry the broker accepted: pending until the entry fills, priced at
+    its limit or (a market entry) the side of the quote it will trade on until then; the one
+    it has when it was recorded before."""
     if entry.position_id is not None:
         return Position.objects.get(pk=entry.position_id)
     position = Position.objects.create(
@@ -168,7 +172,7 @@ def _position_open(*, entry: Order, spec: BracketSpec, expected_price: Decimal |
         entry_price=entry.filled_avg_price or spec.entry_price or round_price(expected_price),
         stop_loss=spec.stop_loss,
         take_profit=spec.take_profit,
-        status=PositionStatus.OPEN,
+        status=PositionStatus.PENDING,
         opened_at=timezone.now(),
         entry_order=entry,
         is_test=is_test,
@@ -184,8 +188,8 @@ def _bracket_failed(*, entry: Order, position: Position, spec: BracketSpec, prob
     cancelled = order_cancel(order=entry)
     if entry.filled_qty > 0:
         Position.objects.filter(pk=position.pk).update(
-            quantity=entry.filled_qty, protection=Protection.UNPROTECTED, protection_checked_at=timezone.now()
-        )
+            status=PositionStatus.OPEN, quantity=entry.filled_qty, protection=Protection.UNPROTECTED,
+            protection_checked_at=timezone.now(), entry_price=entry.filled_avg_price or position.entry_price)
         position.refresh_from_db()
         outcome = (f"entry had filled {entry.filled_qty}: position #{position.pk} is open and UNPROTECTED, "
                    "the monitor guards its stop and target")

@@ -25,12 +25,14 @@ from trading.models import (
 from trading.orders import open_orders_cancel_except_exits
 from trading.selectors import trading_state
 
-from .closing import CloseOutcome, CloseState, positions_close
+from .closing import positions_close
+from .finalize import CloseOutcome, CloseState
 from .journal import event_record
 from .models import RiskEventKind
 from .trading_state import trading_state_set
 
 log = logging.getLogger("risk.flatten")
+ACTIVE = (PositionStatus.OPEN, PositionStatus.CLOSING)  # closing ones show as skipped
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class PreviewRow:
     quantity: Decimal
     will_close: bool  # False: already closing or closed, it will be skipped
     orders_to_cancel: list[Order]
+    cancel_entry: bool = False  # an entry still working: cancelled, never exited (it holds nothing)
 
 
 @dataclass
@@ -71,7 +74,7 @@ def _positions_for(positions) -> list[Position]:
     live = Prefetch("orders", queryset=Order.objects.live().exclude(broker_order_id=None).order_by("id"),
                     to_attr="live_orders")
     if positions is None:
-        queryset = Position.objects.active()
+        queryset = Position.objects.filter(status__in=[PositionStatus.PENDING, *ACTIVE])
     else:
         ids = [p.pk if isinstance(p, Position) else int(p) for p in positions]
         queryset = Position.objects.filter(pk__in=ids)
@@ -98,7 +101,9 @@ def flatten_preview(*, positions=None) -> FlattenPreview:
             exit_side=position.exit_side,
             quantity=position.quantity,
             will_close=position.status == PositionStatus.OPEN,
-            orders_to_cancel=list(position.live_orders) if position.status == PositionStatus.OPEN else [],
+            orders_to_cancel=(list(position.live_orders)
+                              if position.status in (PositionStatus.OPEN, PositionStatus.PENDING) else []),
+            cancel_entry=position.status == PositionStatus.PENDING,
         )
         for position in _positions_for(positions)
     ]
@@ -140,7 +145,7 @@ def flatten(*, user, positions=None) -> FlattenResult:
     if trading_state().mode != TradingMode.HALTED:
         result.halted = trading_state_set(mode=TradingMode.HALTED, reason=f"emergency flatten by {who}", user=user)
     if positions is None:
-        targets = list(Position.objects.active().order_by("id"))  # closing ones show as skipped
+        targets = list(Position.objects.filter(status__in=[PositionStatus.PENDING, *ACTIVE]).order_by("id"))
         try:
             result.cancelled_orders = open_orders_cancel_except_exits()
         except BrokerError as exc:
@@ -170,6 +175,8 @@ def outcome_summary(outcome: CloseOutcome) -> str:
         if position.exit_price is not None:
             return f"closed at {position.exit_price} ({position.close_reason})"
         return f"closed without a fill ({outcome.detail or position.review_note})"
+    if outcome.state == CloseState.CANCELLED:
+        return "entry cancelled: it never filled, so it was never a position"
     if outcome.state == CloseState.SKIPPED:
         return f"skipped: {outcome.detail or 'already ' + position.status}"
     if outcome.state == CloseState.EXIT_PENDING:

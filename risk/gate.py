@@ -47,7 +47,8 @@ from trading.validation import (
     to_decimal,
 )
 
-from .closing import CloseOutcome, CloseState, position_reduce
+from .closing import position_reduce
+from .finalize import CloseOutcome, CloseState
 from .end_of_day import eod_flattens
 from .entries import BracketNotProtected, TradingHalted, bracket_record, submit_bracket_order
 from .journal import event_record

@@ -27,7 +27,7 @@ from trading.models import CloseReason, Position, PositionStatus, TradingMode
 from trading.selectors import trading_state
 
 from .alerts import alert_send
-from .closing import CloseOutcome
+from .finalize import CloseOutcome
 from .daily import held_positions, realised_pnl_since, session_open, unrealised_pnl
 from .end_of_day import eod_candidates, end_of_day_flatten
 from .flatten import flatten

@@ -7,6 +7,8 @@ from django.db import models
 from trading.models import PRICE, QTY, Order, Position
 
 MONITOR = "monitor"  # the monitor's heartbeat row and lease
+STREAM = "stream"  # the trade_updates stream's heartbeat row (started_at: connected since; finished_at: last seen
+#                    connected; cycles: events applied; consecutive_error_cycles: 1 while an outage lasts)
 
 
 class RiskEventKind(models.TextChoices):
@@ -35,6 +37,9 @@ class RiskEventKind(models.TextChoices):
     END_OF_DAY = "end_of_day", "End-of-day flatten"
     KILL_SWITCH = "kill_switch", "Daily-loss kill switch"
     STOP_LOSS_GUARD = "stop_loss_guard", "Stop-loss guard"
+    ENTRY_FILLED = "entry_filled", "Entry filled: position open"
+    ENTRY_CANCELLED = "entry_cancelled", "Entry ended unfilled"
+    BROKER_EVENT = "broker_event", "Order event from the broker"
 
 
 class RiskEventQuerySet(models.QuerySet):
@@ -92,6 +97,8 @@ class Heartbeat(models.Model):
     market_open = models.BooleanField(null=True)
     last_reconcile_at = models.DateTimeField(null=True, blank=True)
     last_reconcile_summary = models.TextField(blank=True)
+    last_broker_sync_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the quick sync last read every live order from the broker.")
 
     def __str__(self) -> str:
         return f"{self.name} heartbeat"
@@ -119,6 +126,7 @@ class AlertKind(models.TextChoices):
     BRACKET_NOT_PROTECTED = "bracket_not_protected", "Bracket without legs"
     DAILY_LOSS = "daily_loss", "Daily loss limit hit"
     STOP_LOSS_GUARD = "stop_loss_guard", "Stop-loss guard tripped"
+    STREAM = "stream", "Broker stream down or back"
 
 
 class DeliveryStatus(models.TextChoices):

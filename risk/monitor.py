@@ -22,15 +22,19 @@ from trading.broker import BrokerError, Clock, Quote
 from trading.models import Position, Side
 
 from .alerts import alert_send, alerts_deliver_pending_in_background
+from .broker_sync import broker_sync
 from .claims import position_claim
-from .closing import CloseOutcome, CloseState, claimed_close, closings_progress
+from .closing import claimed_close, closings_progress
+from .finalize import CloseOutcome, CloseState
 from .guards import guards_step
 from .journal import event_record, log_line
 from .lease import lease_acquire, lease_release
+from .market import exits_allowed, market_clock
 from .models import MONITOR, AlertKind, Heartbeat, RiskEvent, RiskEventKind
 from .protection import protection_audit
 from .reconcile import reconcile_run
 from .rules import exit_price, quote_problem, trigger_reason
+from .selectors import stream_status
 
 log = logging.getLogger("risk.monitor")
 
@@ -57,10 +61,7 @@ class CycleResult:
 
 
 def _check_positions(result: CycleResult, owner: str) -> None:
-    positions = list(  # a position left to an operator after refused exits is guarded by its OCO at the broker
-        Position.objects.open().filter(stop_loss__isnull=False, exit_refused_at__isnull=True)
-        .only("id", "symbol", "side", "stop_loss", "take_profit")
-    )
+    positions = list(Position.objects.watched().only("id", "symbol", "side", "stop_loss", "take_profit"))
     result.checked = len(positions)
     if not positions:
         return
@@ -114,19 +115,27 @@ def _failed(result: CycleResult, exc: Exception, what: str) -> None:
 
 def _market_open(result: CycleResult) -> bool:
     """Whether positions may be acted on now. The clock is read only when market hours matter."""
-    if not settings.MONITOR_MARKET_HOURS_ONLY:
-        return True
-    result.clock = broker.clock()
-    result.market_open = result.clock.is_open
-    return result.market_open
+    result.clock = market_clock()
+    allowed = exits_allowed(result.clock)
+    if settings.MONITOR_MARKET_HOURS_ONLY:
+        result.market_open = allowed
+    return allowed
 
 
 def monitor_cycle(*, owner: str | None = None) -> CycleResult:
-    """One check: carry on closings in progress, then close every position whose stop or
-    target was crossed. Each step's broker or database fault is recorded and ends that step,
-    never the other one (a clock outage never stops closings under way) nor the process."""
+    """One check: catch up with the broker when the trade_updates stream isn't healthy, carry
+    on closings in progress, then close every position whose stop or target was crossed.
+    Each step's broker or database fault is recorded and ends that step, never the others (a
+    clock outage never stops closings under way) nor the process."""
     owner = owner or f"cycle-{uuid.uuid4().hex[:12]}"
     result = CycleResult(started_at=timezone.now())
+    try:
+        if not stream_status().healthy:
+            sync = broker_sync()
+            if sync.changes:
+                result.messages.append(sync.summary())
+    except (BrokerError, DatabaseError) as exc:
+        _failed(result, exc, "broker sync")
     try:
         resumed = closings_progress(owner=owner)
         result.outcomes.extend(resumed)

@@ -13,9 +13,11 @@ A position found UNPROTECTED gets a risk event and an alert, then the policy
   the entry when it has none (those then become its stop/target);
 - flatten: closed through `position_close(reason=EMERGENCY_STOP)`;
 - alert: recorded and alerted only.
-A position whose price (latest quote) has already crossed its stop is exited instead
-(STOP_LOSS_HIT; TAKE_PROFIT_HIT when it is the target that was crossed) under protect and
-flatten. Positions flagged needs_review (e.g. a reconciliation mismatch) are never traded:
+A position whose price (the side of the latest quote its exit would trade at) has already
+crossed a level somebody set is exited instead (STOP_LOSS_HIT; TAKE_PROFIT_HIT when it is the
+target) under protect and flatten, while the market is open; levels from the percent defaults
+only ever place protection, and while the market is closed protection is placed instead of
+any exit (Alpaca queues it). Positions flagged needs_review (e.g. a reconciliation mismatch) are never traded:
 they are reported and alerted.
 
 `dry_run=True` writes nothing and sends nothing; each result says what would be done.
@@ -37,6 +39,7 @@ from trading.holdings import RemoteOrders, holding, order_views
 from trading.models import (
     STOP_TYPES,
     CloseReason,
+    LevelsSource,
     Order,
     OrderClass,
     OrderRole,
@@ -48,10 +51,12 @@ from trading.models import (
 from trading.orders import oco_send, order_cancel, orders_cancel, position_orders_fetch
 
 from .alerts import alert_send
-from .closing import CloseOutcome, CloseState, position_close
+from .closing import position_close
+from .finalize import CloseOutcome, CloseState
 from .journal import event_record
 from .levels import protection_levels
 from .models import Alert, AlertKind, RiskEventKind
+from .market import exits_allowed
 from .rules import exit_price, quote_problem, trigger_reason
 
 log = logging.getLogger("risk.protection")
@@ -238,17 +243,18 @@ def _covered(judged: list[tuple[Position, Decimal]], candidates: list[Position],
 
 def _policy_apply(unprotected: list[tuple[Position, Decimal, Decimal]], *, policy: str, now,
                   dry_run: bool) -> list[ProtectionResult]:
-    quotes = {}
+    quotes, exits_ok = {}, False
     if unprotected and policy != "alert":
         try:
+            exits_ok = exits_allowed()  # closed: nothing exits, protection is placed (Alpaca queues it)
             quotes = broker.latest_quotes({p.symbol for p, _, _ in unprotected})
         except BrokerError as exc:
-            log.warning("no quotes for the protection audit: %s", exc)
+            log.warning("no clock or quotes for the protection audit: %s", exc)
     results = []
     for position, held, covered in unprotected:
         try:
             results.append(_unprotected(position, held, covered, policy=policy, quote=quotes.get(position.symbol),
-                                        now=now, dry_run=dry_run))
+                                        now=now, exits_ok=exits_ok, dry_run=dry_run))
         except (BrokerError, DatabaseError) as exc:  # one position's failure must not leave the others bare
             detail = f"{type(exc).__name__}: {exc}"
             if not dry_run:
@@ -265,7 +271,21 @@ def _protected(position: Position, held: Decimal, covered: Decimal, now, dry_run
                             f"live stop for {covered.normalize():f} of {held.normalize():f}", dry_run)
 
 
-def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy: str, quote, now,
+def _crossed(position: Position, quote, now) -> tuple[Decimal | None, str | None]:
+    """(price, STOP_LOSS_HIT / TAKE_PROFIT_HIT) when the price its exit would trade at crossed
+    a level somebody set: the percent defaults only ever place protection, never an exit."""
+    if quote is None or position.levels_source == LevelsSource.DEFAULT:
+        return None, None
+    if quote_problem(quote=quote, now=now, max_age=timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS)):
+        return None, None
+    price = exit_price(quote=quote, side=position.side)
+    if price is None:
+        return None, None
+    return price, trigger_reason(side=position.side, price=price, stop_loss=position.stop_loss,
+                                 take_profit=position.take_profit)
+
+
+def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy: str, quote, now, exits_ok: bool,
                  dry_run: bool) -> ProtectionResult:
     was = position.protection
     found = (f"UNPROTECTED: live stop for {covered.normalize():f} of {held.normalize():f} "
@@ -281,18 +301,11 @@ def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy:
                                   f"needs review, not traded: {position.review_note[:200]}", dry_run)
     else:
         stop, target, defaults = protection_levels(position)
-        crossed = None
-        price = None
-        if policy != "alert" and quote is not None:
-            problem = quote_problem(quote=quote, now=now,
-                                    max_age=timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS))
-            price = None if problem else exit_price(quote=quote, side=position.side)
-            if price is not None:
-                crossed = trigger_reason(side=position.side, price=price, stop_loss=stop, take_profit=target)
+        price, crossed = _crossed(position, quote, now) if policy != "alert" and exits_ok else (None, None)
         if crossed:
             result = _exit(position, reason=crossed, price=price, stop=stop, target=target, quote=quote,
                            dry_run=dry_run)
-        elif policy == "protect":
+        elif policy == "protect" or policy == "flatten" and not exits_ok:  # closed: protect now (Alpaca queues it)
             result = _protect(position, held, stop=stop, target=target, defaults=defaults, dry_run=dry_run)
         elif policy == "flatten":
             result = _flatten(position, dry_run=dry_run)
@@ -368,6 +381,8 @@ def _protect(position: Position, held: Decimal, *, stop: Decimal, target: Decima
         updates["stop_loss"] = stop
     if position.take_profit is None:
         updates["take_profit"] = target
+    if defaults and position.stop_loss is None:  # levels nobody set: protection only, never an exit
+        updates["levels_source"] = LevelsSource.DEFAULT
     Position.objects.filter(pk=position.pk).update(**updates)
     position.refresh_from_db()
     event_record(kind=RiskEventKind.PROTECTED, position=position, reason="oco placed", message=levels,

@@ -57,7 +57,9 @@ from trading.orders import order_apply, orders_cancel, position_orders_fetch
 
 from .alerts import alert_send
 from .claims import closing_unlock, position_claim
-from .closing import position_finalize
+from .adoption import position_adopt
+from .finalize import position_finalize
+from .follow import position_follow
 from .journal import event_record
 from .lease import lease_acquire, lease_release
 from .models import MONITOR, AlertKind, Heartbeat, RiskEventKind
@@ -70,6 +72,7 @@ LIST_LIMIT = 500
 PRICE_PLACES = Decimal("0.0001")
 UNEXPLAINED_NOTE = "broker holds no position; no closing fill found"
 MISMATCH_PREFIX = "reconcile mismatch:"
+TRACKED = (PositionStatus.PENDING, PositionStatus.OPEN, PositionStatus.CLOSING)
 
 
 # --- The report ------------------------------------------------------------------------------
@@ -251,6 +254,9 @@ def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[P
     counted: list[tuple[Position, Decimal]] = []
     pending: list[Position] = []
     for position in positions:
+        if position.status == PositionStatus.PENDING:  # an entry still working: not a position, but its fill
+            pending.append(position)                  # may be what the broker shows
+            continue
         h = holding(position, order_views(position.orders.all(), remote))
         if h.entry_live:
             if h.entry_qty > 0:
@@ -289,7 +295,7 @@ def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[P
             actions.append(_Action(
                 PlanKind.ADOPT, symbol,
                 f"broker holds {_describe(remote_position.side, remote_position.qty, symbol)} "
-                f"@ {remote_position.avg_entry_price} unknown here: adopted with no stop",
+                f"@ {remote_position.avg_entry_price} unknown here: adopted",
                 remote=remote_position))
     elif counted and db_net != broker_net:
         broker_text = (_describe(remote_position.side, remote_position.qty, symbol) if remote_position
@@ -317,7 +323,7 @@ def _symbol_reconcile(report: ReconcileReport, symbol: str, remote_position: Bro
         for position in positions:
             position_orders_fetch(position=position, remote=remote, apply=not report.dry_run)
         remote_position = broker.get_position(symbol)
-        positions = list(Position.objects.active().filter(symbol=symbol).order_by("opened_at", "pk"))
+        positions = list(Position.objects.filter(symbol=symbol, status__in=TRACKED).order_by("opened_at", "pk"))
         actions = _plan(symbol, remote_position, positions, remote)
     for action in actions:
         _execute(report, action)
@@ -343,26 +349,25 @@ def _adopt(report: ReconcileReport, action: _Action) -> None:
     if report.dry_run:
         return
     now = timezone.now()
-    position = Position.objects.create(
-        symbol=remote.symbol,
-        side=remote.side,
-        quantity=remote.qty,
-        entry_price=remote.avg_entry_price.quantize(PRICE_PLACES),
-        status=PositionStatus.OPEN,
-        opened_at=now,
-        adopted=True,
-        protection=Protection.UNPROTECTED,
-        protection_checked_at=now,
-        review_note=f"adopted from the broker at {now:%Y-%m-%d %H:%M:%S}Z: "
-                    f"{_describe(remote.side, remote.qty, remote.symbol)} @ {remote.avg_entry_price}",
-    )
+    position, levels = position_adopt(remote=remote, note=f"adopted from the broker at {now:%Y-%m-%d %H:%M:%S}Z: "
+                                                          f"{_describe(remote.side, remote.qty, remote.symbol)} "
+                                                          f"@ {remote.avg_entry_price}")
     finding.position_id = position.pk
     finding.done = True
+    finding.message += f"; {levels.describe()}"
+    finding.data.update(stop=str(levels.stop), target=str(levels.target))
     event_record(kind=RiskEventKind.ADOPTED, position=position, price=position.entry_price, reason="adopted",
-                 message=action.message, data=finding.data)
+                 message=finding.message, data=finding.data)
+    if position.protection == Protection.PROTECTED:
+        cover = f"protected by {levels.describe()}, linked to it; the monitor watches them"
+    elif levels.stop is not None:
+        cover = (f"{levels.describe()}, but its stops cover only {levels.stop_qty.normalize():f}: UNPROTECTED "
+                 f"until the protection audit covers the rest")
+    else:
+        cover = ("no stop at the broker: UNPROTECTED until the protection audit covers it (at the percent "
+                 "defaults, marked as such: protection only, never an exit)")
     alert_send(kind=AlertKind.ADOPTED, position=position,
-                message=f"Adopted {position} from the broker @ {position.entry_price}: it has no stop "
-                        f"and is UNPROTECTED until the protection audit covers it.")
+               message=f"Adopted {position} from the broker @ {position.entry_price}: {cover}.")
 
 
 def _flag_mismatch(report: ReconcileReport, action: _Action) -> None:
@@ -431,9 +436,9 @@ def _close(report: ReconcileReport, action: _Action) -> None:
 def _positions_reconcile(report: ReconcileReport, remote_positions: list[BrokerPosition],
                          remote: RemoteOrders) -> None:
     remote_by_symbol = {p.symbol: p for p in remote_positions}
-    active = list(Position.objects.active().order_by("opened_at", "pk"))
+    active = list(Position.objects.filter(status__in=TRACKED).order_by("opened_at", "pk"))
     report.broker_positions = len(remote_positions)
-    report.db_positions = len(active)
+    report.db_positions = sum(1 for p in active if p.status != PositionStatus.PENDING)
     by_symbol: dict[str, list[Position]] = {}
     for position in active:
         by_symbol.setdefault(position.symbol, []).append(position)
@@ -465,6 +470,9 @@ def reconcile_run(*, dry_run: bool = False) -> ReconcileReport:
                 return _finish(report, record=False)
         remote = RemoteOrders()
         _orders_sync(report, remote)
+        if not dry_run:
+            for position in Position.objects.pending():  # entries that filled or ended meanwhile
+                position_follow(position=position)
         remote_positions = broker.list_positions()  # after the orders: see _plan
         _positions_reconcile(report, remote_positions, remote)
     except (BrokerError, DatabaseError) as exc:

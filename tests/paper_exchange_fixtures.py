@@ -120,6 +120,8 @@ def paper_exchange(request, tmp_path, paper_exchange_options):
     if settings is not None:
         settings.ALPACA_TRADING_URL = server.url
         settings.ALPACA_DATA_URL = server.url
+        settings.ALPACA_TRADING_STREAM_URL = exchange.trade_stream_url
+        settings.ALPACA_DATA_STREAM_URL = exchange.data_stream_url
         settings.ALPACA_API_KEY = PAPER_API_KEY
         settings.ALPACA_SECRET_KEY = PAPER_SECRET_KEY
     try:

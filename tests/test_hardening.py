@@ -189,8 +189,10 @@ def test_a_refused_exit_shows_the_position_unprotected_then_retries_then_reprote
     exchange.control.clear_faults()
     exchange.control.clear_requests_log()
     exchange.control.set_quote("AAPL", "147.00", "147.02")  # its OCO's stop at the broker fills
-    monitor_cycle()  # left to an operator and the broker's OCO: the monitor does not claim it again
-    assert exit_posts(exchange) == [] and Position.objects.get(pk=position.pk).status == PositionStatus.OPEN
+    monitor_cycle()  # left to the broker's OCO: the monitor sends nothing, and follows the OCO's fill
+    assert exit_posts(exchange) == []
+    position.refresh_from_db()
+    assert (position.status, position.close_reason) == (PositionStatus.CLOSED, CloseReason.STOP_LOSS_HIT)
     figures.add("faults survived")
 
 

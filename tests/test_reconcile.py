@@ -149,19 +149,19 @@ def test_an_unfilled_limit_entry_is_left_alone(exchange, active):
     position = bracket(entry_price="145")  # below the ask: rests
     report = reconcile_run()
     position.refresh_from_db()
-    assert position.status == PositionStatus.OPEN
+    assert position.status == PositionStatus.PENDING  # not a position until it fills
     assert not position.needs_review
     assert report.count("mismatch") == 0 and report.count("closed_unexplained") == 0
 
 
-def test_an_entry_cancelled_unfilled_closes_the_position_without_review(exchange, active):
+def test_an_entry_cancelled_unfilled_is_recorded_as_cancelled_never_closed(exchange, active):
     position = bracket(entry_price="145")
     broker.cancel_order(position.entry_order.broker_order_id)
     reconcile_run()
     position.refresh_from_db()
-    assert position.status == PositionStatus.CLOSED
+    assert position.status == PositionStatus.CANCELLED and position.close_reason is None
     assert position.exit_price is None and not position.needs_review
-    assert position.review_note == "entry never filled"
+    assert position.review_note.startswith("entry ended unfilled (canceled)")
 
 
 # --- Mismatches -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ It makes up for what alpaca-py 0.44 leaves out:
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -25,6 +25,7 @@ from alpaca.data.enums import DataFeed
 from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.requests import StockLatestQuoteRequest
 from alpaca.trading.client import TradingClient
+from alpaca.trading.stream import TradingStream
 from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import (
     GetOrderByIdRequest,
@@ -424,12 +425,13 @@ def find_order_by_client_id(client_order_id: str) -> BrokerOrder | None:
     return parse_order(raw)
 
 
-def list_orders(*, status: str = "open", symbols: Iterable[str] | None = None, limit: int = 500) -> list[BrokerOrder]:
-    """Orders with their legs nested. An order that can't be read is logged and left out,
-    so one odd order can't hide the others."""
-    request = GetOrdersRequest(
-        status=QueryOrderStatus(status), limit=limit, nested=True, symbols=list(symbols) if symbols else None
-    )
+def list_orders(*, status: str = "open", symbols: Iterable[str] | None = None, limit: int = 500,
+                nested: bool = True, until: datetime | None = None) -> list[BrokerOrder]:
+    """Orders (newest first), legs nested unless `nested=False` (then each leg is listed as an
+    order of its own). An order that can't be read is logged and left out, so one odd order
+    can't hide the others."""
+    request = GetOrdersRequest(status=QueryOrderStatus(status), limit=limit, nested=nested,
+                               symbols=list(symbols) if symbols else None, until=until)
     raws = _call("list orders", _trading().get_orders, request)
     if not isinstance(raws, list):
         raise BrokerDataError("list orders: broker answered with something other than a list")
@@ -440,6 +442,22 @@ def list_orders(*, status: str = "open", symbols: Iterable[str] | None = None, l
         except BrokerDataError as exc:
             log.error("broker order skipped: %s", exc)
     return orders
+
+
+def list_live_orders_flat(*, page: int = 500, max_pages: int = 100) -> list[BrokerOrder]:
+    """Every order the broker may still act on, legs included as orders of their own: one
+    request per `page` orders, walking back by submission time."""
+    found: dict[str, BrokerOrder] = {}
+    until = None
+    for _ in range(max_pages):
+        batch = list_orders(status="open", nested=False, limit=page, until=until)
+        fresh = [order for order in batch if order.id not in found]
+        found.update((order.id, order) for order in fresh)
+        oldest = min((order.submitted_at for order in batch if order.submitted_at), default=None)
+        if len(batch) < page or not fresh or oldest is None:
+            break
+        until = oldest
+    return list(found.values())
 
 
 def list_orders_open_and_recent(*, symbols: Iterable[str] | None = None, limit: int = 500) -> list[BrokerOrder]:
@@ -530,3 +548,71 @@ def clock() -> Clock:
         next_open=_dt(raw.get("next_open")),
         next_close=_dt(raw.get("next_close")),
     )
+
+
+# --- The trade_updates stream ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TradeUpdate:
+    """One trade_updates event. `event` is whatever the broker named it (unknown names too)."""
+
+    event: str
+    execution_id: str
+    order: BrokerOrder | None
+    at: datetime | None
+    price: Decimal | None
+    qty: Decimal | None
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def parse_trade_update(message) -> TradeUpdate:
+    """A raw trade_updates message ({"stream": "trade_updates", "data": {...}}) as plain values."""
+    data = message.get("data") if isinstance(message, dict) else None
+    if not isinstance(data, dict):
+        raise BrokerDataError("trade update without data")
+    event = data.get("event")
+    if not isinstance(event, str) or not event:
+        raise BrokerDataError("trade update without an event name")
+    order = parse_order(data["order"]) if isinstance(data.get("order"), dict) else None
+    execution_id = data.get("execution_id")
+    return TradeUpdate(
+        event=event[:32],
+        execution_id=execution_id if isinstance(execution_id, str) else "",
+        order=order,
+        at=_dt(data.get("timestamp")) or (order.updated_at if order else None),
+        price=_dec(data.get("price"), "price"),
+        qty=_dec(data.get("qty"), "qty"),
+        raw=scrub_data(data),
+    )
+
+
+def trade_updates_stream(handler: Callable[[dict], Awaitable[None]], *, ping_seconds: float) -> TradingStream:
+    """alpaca-py's TradingStream on trade_updates, handing each raw message to `handler` (a
+    coroutine function). Websocket pings every `ping_seconds`: a connection that stops
+    answering them (a silent broker) is closed and reconnected with alpaca-py's backoff."""
+    key, secret = _credentials()
+    stream = TradingStream(key, secret, paper=settings.ALPACA_PAPER, raw_data=True,
+                           url_override=settings.ALPACA_TRADING_STREAM_URL or None,
+                           websocket_params={"ping_interval": ping_seconds, "ping_timeout": ping_seconds,
+                                             "max_queue": 1024, "open_timeout": ping_seconds})
+    stream.subscribe_trade_updates(handler)  # before it runs: only records the handler
+    return stream
+
+
+async def stream_run(stream) -> None:
+    """Drive an alpaca-py stream in the caller's event loop: its run() calls asyncio.run,
+    which can't share a loop, so its coroutine is awaited here. Returns once stopped."""
+    await stream._run_forever()
+
+
+async def stream_stop(stream) -> None:
+    await stream.stop_ws()
+
+
+def stream_connection(stream) -> int | None:
+    """An id of the stream's open, authenticated connection, None while it has none. A new id
+    means it reconnected (and may have missed events meanwhile)."""
+    ws = getattr(stream, "_ws", None)
+    connected = getattr(stream, "_running", False) and ws is not None and not getattr(ws, "closed", True)
+    return id(ws) if connected else None

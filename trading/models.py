@@ -22,9 +22,20 @@ class OrderSide(models.TextChoices):
 
 
 class PositionStatus(models.TextChoices):
+    PENDING = "pending", "Entry working (nothing filled yet)"
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+    CANCELLED = "cancelled", "Entry ended unfilled (never a position)"
+
+
+class LevelsSource(models.TextChoices):
+    """Where a position's stop and target came from. Defaults only ever place protection:
+    no exit is sent on a level that nobody set."""
+
+    ORDER = "order", "Set with the order"
+    BROKER = "broker", "Read from the broker's orders"
+    DEFAULT = "default", "Percent defaults from the entry (protection only)"
 
 
 class CloseReason(models.TextChoices):
@@ -53,6 +64,16 @@ class PositionQuerySet(models.QuerySet):
         """Positions the broker may still hold: open or being closed."""
         return self.filter(status__in=[PositionStatus.OPEN, PositionStatus.CLOSING])
 
+    def pending(self):
+        """Entries still working: not positions until they fill."""
+        return self.filter(status=PositionStatus.PENDING)
+
+    def watched(self):
+        """Open positions the monitor decides on: a stop somebody set (not a default), and not
+        left to an operator after refused exits (the broker's OCO guards those)."""
+        return self.open().filter(stop_loss__isnull=False, exit_refused_at__isnull=True).exclude(
+            levels_source=LevelsSource.DEFAULT)
+
     def with_pnl(self):
         """Annotate realised P&L in the database, so lists and sums need no per-row work."""
         diff = Case(
@@ -71,7 +92,8 @@ class Position(models.Model):
     entry_price = models.DecimalField(**PRICE)
     stop_loss = models.DecimalField(**PRICE, null=True, blank=True)
     take_profit = models.DecimalField(**PRICE, null=True, blank=True)
-    status = models.CharField(max_length=7, choices=PositionStatus.choices, default=PositionStatus.OPEN)
+    levels_source = models.CharField(max_length=7, choices=LevelsSource.choices, default=LevelsSource.ORDER)
+    status = models.CharField(max_length=9, choices=PositionStatus.choices, default=PositionStatus.OPEN)
     opened_at = models.DateTimeField()
     closed_at = models.DateTimeField(null=True, blank=True)
     exit_price = models.DecimalField(**PRICE, null=True, blank=True)
@@ -287,3 +309,24 @@ class TradingStateChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.mode} by {self.changed_by_name} at {self.changed_at:%Y-%m-%d %H:%M:%S}"
+
+
+class BrokerEvent(models.Model):
+    """Append-only journal of the broker's order events (the trade_updates stream), keyed by
+    their execution id so a repeated event changes nothing."""
+
+    key = models.CharField(max_length=128, unique=True, help_text="The execution id, or event + order + time.")
+    event = models.CharField(max_length=32, db_index=True)
+    broker_order_id = models.CharField(max_length=64, blank=True, db_index=True)
+    symbol = models.CharField(max_length=16, blank=True)
+    at = models.DateTimeField(null=True, blank=True, help_text="When the broker says it happened.")
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    order = models.ForeignKey(Order, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    outcome = models.TextField(blank=True, help_text="What the console did with it.")
+    payload = models.JSONField(default=dict, help_text="The event as the broker sent it (credentials scrubbed).")
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.symbol} {self.broker_order_id}"

@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
+from django.db import IntegrityError, transaction
+
 from . import broker
 from .broker import BrokerError, BrokerOrder
 from .holdings import RemoteOrders, order_tops
@@ -36,7 +38,10 @@ def new_client_order_id(prefix: str) -> str:
 
 
 def order_apply(*, order: Order, remote: BrokerOrder) -> Order:
-    """Copy what the broker says about an order onto its row, legs included."""
+    """Copy what the broker says about an order onto its row, legs included. An answer older
+    than what the row already holds (the stream and a read-back racing) is not applied."""
+    if order.updated_at and remote.updated_at and remote.updated_at < order.updated_at:
+        return order
     order.broker_order_id = remote.id
     order.status = remote.status
     order.filled_qty = remote.filled_qty
@@ -49,24 +54,57 @@ def order_apply(*, order: Order, remote: BrokerOrder) -> Order:
     order.raw = remote.raw
     order.save()
     for leg in remote.legs:
-        row = Order.objects.filter(broker_order_id=leg.id).first() or Order(
-            broker_order_id=leg.id,
-            client_order_id=leg.client_order_id[:48],
-            parent=order,
-            position=order.position,
-            role=leg_role(leg.type),
-            symbol=leg.symbol,
-            side=leg.side,
-            qty=leg.qty,
-            type=leg.type if leg.type in OrderType.values else OrderType.LIMIT,
-            time_in_force=leg.time_in_force,
-            limit_price=leg.limit_price,
-            stop_price=leg.stop_price,
-        )
-        if row.position_id is None and order.position_id is not None:
-            row.position_id = order.position_id
-        order_apply(order=row, remote=leg)
+        order_apply(order=_leg_row(order, leg), remote=leg)
     return order
+
+
+def _leg_row(parent: Order, leg: BrokerOrder) -> Order:
+    """The row of a leg, created the first time the broker shows it (by whichever writer sees
+    it first: the stream and a read-back may race to it)."""
+    row = Order.objects.filter(broker_order_id=leg.id).first()
+    if row is None:
+        try:
+            with transaction.atomic():
+                row = Order.objects.create(
+                    broker_order_id=leg.id, client_order_id=leg.client_order_id[:48], parent=parent,
+                    position=parent.position, role=leg_role(leg.type), symbol=leg.symbol, side=leg.side, qty=leg.qty,
+                    type=leg.type if leg.type in OrderType.values else OrderType.LIMIT,
+                    time_in_force=leg.time_in_force, limit_price=leg.limit_price, stop_price=leg.stop_price)
+        except IntegrityError:
+            row = Order.objects.get(broker_order_id=leg.id)
+    if row.position_id is None and parent.position_id is not None:
+        row.position_id = parent.position_id
+    return row
+
+
+def replacement_record(*, remote: BrokerOrder) -> Order | None:
+    """The row for an order that replaced one of ours (a PATCH, ours or another client's): the
+    same role, position and parent; None when what it replaces isn't ours."""
+    replaced = Order.objects.filter(broker_order_id=remote.raw.get("replaces")).first()
+    if replaced is None:
+        return None
+    return Order.objects.create(
+        broker_order_id=remote.id, client_order_id=remote.client_order_id[:48], parent=replaced.parent,
+        position=replaced.position, role=replaced.role, symbol=remote.symbol, side=remote.side, qty=remote.qty,
+        type=remote.type if remote.type in OrderType.values else replaced.type, order_class=replaced.order_class,
+        time_in_force=remote.time_in_force or replaced.time_in_force, limit_price=remote.limit_price,
+        stop_price=remote.stop_price)
+
+
+def orders_link(*, position: Position, remotes: list[BrokerOrder]) -> list[Order]:
+    """Rows for broker orders another client placed that cover a position of ours (its legs,
+    an OCO, a stop), tied to it; an order already recorded is tied to it as it is."""
+    rows = []
+    for remote in remotes:
+        row = Order.objects.filter(broker_order_id=remote.id).first() or Order(
+            broker_order_id=remote.id, client_order_id=remote.client_order_id[:48], role=leg_role(remote.type),
+            symbol=remote.symbol, side=remote.side, qty=remote.qty,
+            type=remote.type if remote.type in OrderType.values else OrderType.LIMIT,
+            order_class=remote.order_class if remote.order_class in OrderClass.values else OrderClass.SIMPLE,
+            time_in_force=remote.time_in_force, limit_price=remote.limit_price, stop_price=remote.stop_price)
+        row.position = position
+        rows.append(order_apply(order=row, remote=remote))
+    return rows
 
 
 def order_read(*, order: Order) -> BrokerOrder | None:

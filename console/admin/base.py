@@ -16,7 +16,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from risk.daily import guard_status
-from risk.selectors import monitor_status
+from risk.selectors import monitor_status, protection_as_of, stream_status
 from trading.selectors import protection_summary, trading_state
 
 TOKENS_SESSION_KEY = "catalyst_confirm_tokens"
@@ -89,11 +89,15 @@ class ReadOnlyInline(admin.TabularInline):
 
 
 def console_status() -> dict:
-    """What every console screen shows on top: trading state, protection, monitor, the guards."""
+    """What every console screen shows on top: trading state, protection (and when the broker
+    last confirmed it), the monitor, the stream and the guards."""
+    monitor, stream = monitor_status(), stream_status()
     return {
         "trading_state": trading_state(),
         "protection": protection_summary(),
-        "monitor": monitor_status(),
+        "protection_as_of": protection_as_of(monitor=monitor, stream=stream),
+        "monitor": monitor,
+        "stream": stream,
         "guards": guard_status(),
     }
 

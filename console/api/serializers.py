@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from risk.closing import CloseState
+from risk.finalize import CloseState
 from trading.models import Order, Position, PositionStatus, TradingMode
 
 
@@ -285,6 +285,15 @@ TRADING_STATE_REFUSED_SCHEMA = {
 }
 
 
+class StreamSerializer(serializers.Serializer):
+    healthy = serializers.BooleanField(help_text="Connected and seen within STREAM_HEALTHY_SECONDS: broker events "
+                                                 "are applied as they happen. Otherwise every monitor cycle reconciles.")
+    connected_since = serializers.DateTimeField(allow_null=True)
+    last_seen_connected = serializers.DateTimeField(allow_null=True)
+    age_seconds = serializers.IntegerField(allow_null=True, help_text="Since it was last seen connected.")
+    events_applied = serializers.IntegerField()
+
+
 class MonitorSerializer(serializers.Serializer):
     name = serializers.CharField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -299,11 +308,21 @@ class MonitorSerializer(serializers.Serializer):
     cycles = serializers.IntegerField()
     last_error = serializers.CharField(allow_blank=True)
     market_open = serializers.BooleanField(allow_null=True)
+    protection_confirmed_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the broker last confirmed the positions' protection (the stream, or the "
+                                   "monitor's broker sync).")
+    protection_confirmed_stale = serializers.BooleanField(help_text="Older than two monitor intervals.")
+    stream = StreamSerializer()
 
 
-def monitor_payload(status) -> dict:
+def monitor_payload(status, stream, as_of) -> dict:
     heartbeat = status.heartbeat
     return {
+        "protection_confirmed_at": as_of.at,
+        "protection_confirmed_stale": as_of.stale,
+        "stream": {"healthy": stream.healthy, "connected_since": stream.connected_since,
+                   "last_seen_connected": stream.heartbeat.finished_at if stream.heartbeat else None,
+                   "age_seconds": stream.age_seconds, "events_applied": stream.heartbeat.cycles if stream.heartbeat else 0},
         "name": heartbeat.name if heartbeat else "monitor",
         "started_at": heartbeat.started_at if heartbeat else None,
         "finished_at": heartbeat.finished_at if heartbeat else None,

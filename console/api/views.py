@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from risk.checklist import checklist_run
 from risk.entries import BracketNotProtected, TradingHalted, submit_bracket_order
 from risk.flatten import flatten, outcome_summary
-from risk.selectors import monitor_status
+from risk.selectors import monitor_status, protection_as_of, stream_status
 from risk.trading_state import ChecklistNotPassed, trading_mode_change
 from trading.broker import BrokerError
 from trading.models import Order
@@ -25,8 +25,8 @@ from trading.selectors import (
 from trading.validation import OrderValidationError
 
 from . import permissions as perms
-from .parsers import StrictJSONParser
 from . import throttling
+from .parsers import StrictJSONParser
 from .serializers import (
     FIELD_ERRORS_SCHEMA,
     MAX_ID,
@@ -294,7 +294,10 @@ class MonitorView(ConsoleAPIView):
         operation_id="monitor_retrieve",
         responses={200: MonitorSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN, 429: THROTTLED},
         description=f"The monitor's heartbeat: last cycle, its age and whether it is stale (no cycle finished "
-                    f"within 2 x MONITOR_INTERVAL_SECONDS). Needs `{perms.VIEW_MONITOR}`.",
+                    f"within 2 x MONITOR_INTERVAL_SECONDS); the order stream's health; when the broker last "
+                    f"confirmed the positions' protection. Needs `{perms.VIEW_MONITOR}`.",
     )
     def get(self, request):
-        return Response(MonitorSerializer(monitor_payload(monitor_status())).data)
+        monitor, stream = monitor_status(), stream_status()
+        as_of = protection_as_of(monitor=monitor, stream=stream)
+        return Response(MonitorSerializer(monitor_payload(monitor, stream, as_of)).data)

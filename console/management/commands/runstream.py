@@ -1,0 +1,37 @@
+"""`manage.py runstream`: the broker's order events (Alpaca's trade_updates stream) applied to
+orders and positions as they happen. One per account: a second process waits for the first.
+Stops cleanly on SIGINT/SIGTERM."""
+
+import os
+import signal
+import socket
+import threading
+import uuid
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from risk.broker_events import trade_update_apply
+from risk.broker_sync import broker_sync
+from risk.models import STREAM
+from risk.streaming import StreamRunner
+from trading.broker import describe, trade_updates_stream
+
+
+class Command(BaseCommand):
+    help = "Apply the broker's order events (trade_updates) to orders and positions within a second."
+
+    def handle(self, *args, **options):
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stop.set())
+        holder = f"runstream:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stdout.write(f"trade_updates stream {holder} on {describe()}")
+        runner = StreamRunner(
+            name=STREAM, holder=holder,
+            make_stream=lambda handler: trade_updates_stream(handler, ping_seconds=settings.STREAM_PING_SECONDS),
+            apply=lambda message: trade_update_apply(message=message),
+            on_connect=broker_sync,
+        )
+        runner.run(stop)
+        self.stdout.write("stream stopped")

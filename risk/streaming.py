@@ -1,0 +1,179 @@
+"""Running a broker stream in a long-lived process: one per account, a heartbeat, a clean stop.
+
+alpaca-py's streams run their own reconnect loop (with backoff); this drives that loop's
+coroutine in our own event loop (their run() calls asyncio.run) beside a watchdog that, once
+a second, renews the lease (a second process waits for it instead of fighting for the
+connection: Alpaca allows one), writes the heartbeat while connected, alerts when the
+connection has been down for a while, and stops everything when asked. Messages are
+handed, in order, to a worker thread that applies them to the database.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from trading import broker
+
+from .alerts import alert_send
+from .lease import lease_acquire, lease_release
+from .models import AlertKind, Heartbeat
+
+log = logging.getLogger("risk.stream")
+
+DOWN_ALERT_SECONDS = 10  # an outage shorter than this (a reconnect) is logged, not alerted
+
+
+@dataclass
+class StreamStats:
+    connection: int | None = None  # the connection seen at the last tick
+    connected_since: float | None = None
+    down_since: float | None = None
+    down_alerted: bool = False
+    messages: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+
+class StreamRunner:
+    """`make_stream(handler)` builds the alpaca-py stream; `apply(message)` applies one message
+    (in a worker thread, with the database). `run(stop)` blocks until `stop` is set."""
+
+    def __init__(self, *, name: str, holder: str, make_stream: Callable, apply: Callable[[dict], object],
+                 on_connect: Callable[[], object] | None = None, lease_seconds: int = 30):
+        self.name = name
+        self.holder = holder
+        self.make_stream = make_stream
+        self.apply = apply
+        self.on_connect = on_connect
+        self.lease_seconds = lease_seconds
+        self.stats = StreamStats()
+
+    # -- the process --------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        waiting_said = False
+        try:
+            while not stop.is_set():
+                if self._lease():
+                    asyncio.run(self._main(stop))
+                    continue
+                if not waiting_said:
+                    log.info("%s: another process holds the %s stream; waiting for it", self.holder, self.name)
+                    waiting_said = True
+                stop.wait(min(5.0, self.lease_seconds / 3))
+        finally:
+            try:
+                lease_release(name=self.lease_name, holder=self.holder)
+            except DatabaseError as exc:  # it expires on its own
+                log.error("%s lease not released (%s)", self.name, type(exc).__name__)
+
+    @property
+    def lease_name(self) -> str:
+        return f"stream:{self.name}"
+
+    def _lease(self) -> bool:
+        try:
+            close_old_connections()
+            return lease_acquire(name=self.lease_name, holder=self.holder, seconds=self.lease_seconds)
+        except DatabaseError as exc:
+            log.error("%s lease unavailable (%s): %s", self.name, type(exc).__name__, exc)
+            return False
+
+    async def _main(self, stop: threading.Event) -> None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-apply") as worker:
+            loop = asyncio.get_running_loop()
+
+            async def handler(message) -> None:
+                await loop.run_in_executor(worker, self._apply_one, message)
+
+            stream = self.make_stream(handler)
+            reader = asyncio.create_task(broker.stream_run(stream))
+            try:
+                while not stop.is_set() and not reader.done():
+                    await asyncio.sleep(1)
+                    held = await loop.run_in_executor(worker, self._tick, broker.stream_connection(stream))
+                    if not held:
+                        log.warning("%s: lost the %s lease; stopping the stream", self.holder, self.name)
+                        break
+            finally:
+                await broker.stream_stop(stream)
+                try:
+                    await asyncio.wait_for(reader, timeout=10)
+                except (asyncio.TimeoutError, Exception) as exc:  # stopping: a late error is only logged
+                    log.info("%s stream stopped (%s)", self.name, type(exc).__name__)
+
+    # -- in the worker thread ----------------------------------------------------------------
+
+    def _apply_one(self, message) -> None:
+        self.stats.messages += 1
+        try:
+            self.apply(message)
+        except Exception as exc:  # one bad message must not end the stream
+            self.stats.errors += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("%s message not applied", self.name)
+            close_old_connections()
+
+    def _tick(self, connection: int | None) -> bool:
+        """Once a second: the lease, the heartbeat, the down alert; catching up after every
+        (re)connection, however brief the gap. False when the lease is lost."""
+        now = time.monotonic()
+        connected = connection is not None
+        if connected:
+            if connection != self.stats.connection:
+                self.stats.connected_since = now
+                log.info("%s stream connected", self.name)
+                self._caught_up()
+            if self.stats.down_alerted:
+                alert_send(kind=AlertKind.STREAM, message=f"The {self.name} stream is back after "
+                                                                f"{int(now - self.stats.down_since)}s.")
+            self.stats.down_since, self.stats.down_alerted = None, False
+        else:
+            self.stats.connected_since = None
+            self.stats.down_since = self.stats.down_since or now
+            if not self.stats.down_alerted and now - self.stats.down_since >= DOWN_ALERT_SECONDS:
+                self.stats.down_alerted = True
+                alert_send(kind=AlertKind.STREAM,
+                           message=f"The {self.name} stream has been down for {DOWN_ALERT_SECONDS}s; the monitor "
+                                   f"reconciles with the broker every cycle until it is back.")
+        self.stats.connection = connection
+        try:
+            close_old_connections()
+            if not lease_acquire(name=self.lease_name, holder=self.holder, seconds=self.lease_seconds):
+                return False
+            self._heartbeat(connected)
+        except DatabaseError as exc:
+            log.error("%s heartbeat not written (%s): %s", self.name, type(exc).__name__, exc)
+        return True
+
+    def _caught_up(self) -> None:
+        """Events sent while we were disconnected are never sent again: catch up now."""
+        if self.on_connect is None:
+            return
+        try:
+            self.on_connect()
+        except Exception as exc:  # the monitor's cycles catch up too; the stream goes on
+            self.stats.errors += 1
+            self.stats.last_error = f"catching up: {type(exc).__name__}: {exc}"
+            log.exception("%s: catching up after connecting failed", self.name)
+            close_old_connections()
+
+    def _heartbeat(self, connected: bool) -> None:
+        heartbeat, _ = Heartbeat.objects.get_or_create(name=self.name)
+        fields = {"cycles": self.stats.messages, "errors": self.stats.errors, "last_error": self.stats.last_error,
+                  "market_open": None}
+        if connected:
+            fields["finished_at"] = timezone.now()  # the last moment it was known connected
+            if heartbeat.started_at is None or heartbeat.consecutive_error_cycles:
+                fields["started_at"] = timezone.now()
+            fields["consecutive_error_cycles"] = 0
+        elif heartbeat.consecutive_error_cycles == 0 and heartbeat.finished_at is not None:
+            fields["consecutive_error_cycles"] = 1  # one outage under way
+        Heartbeat.objects.filter(pk=heartbeat.pk).update(**fields)
