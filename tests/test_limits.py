@@ -56,6 +56,14 @@ def _refused(response, limit: str, value: str, requested: str) -> None:
     assert event.reason == limit and event.data["limits"][0]["value"] == value
 
 
+def _answered(response, refused: bool, limit: str, value: str, requested: str) -> None:
+    """Below or at its limit an order goes out (201); above it, it is refused naming the limit."""
+    if refused:
+        _refused(response, limit, value, requested)
+    else:
+        assert response.status_code == 201, response.json()
+
+
 def _held(exchange, symbol: str, quantity: int, price: str = "150") -> Position:
     """A position already held (no working orders): what an account-wide limit counts."""
     exchange.control.set_quote(symbol, "149.99", "150.01")
@@ -78,12 +86,8 @@ PER_ORDER = [
 @pytest.mark.parametrize("limit,value,above", PER_ORDER, ids=[row[0] for row in PER_ORDER])
 def test_per_order_limits(trader, exchange, limit, value, above, quantity, refused):
     _limit(limit, value)
-    response = _send(trader, quantity)
-    if refused:
-        _refused(response, limit, f"{value.normalize():f}", above)
-        assert not order_posts(exchange)
-    else:
-        assert response.status_code == 201, response.json()
+    _answered(_send(trader, quantity), bool(refused), limit, f"{value.normalize():f}", above)
+    assert len(order_posts(exchange)) == (0 if refused else 1)
 
 
 def test_a_market_entry_is_measured_at_the_price_it_trades_at(trader, exchange):
@@ -102,11 +106,7 @@ def test_max_open_positions(trader, exchange, already_open, refused):
     _limit("max_open_positions", 2)
     for n in range(already_open):
         _held(exchange, f"HELD{chr(ord('A') + n)}", 1)
-    response = _send(trader, 1)
-    if refused:
-        _refused(response, "max_open_positions", "2", "3")
-    else:
-        assert response.status_code == 201, response.json()
+    _answered(_send(trader, 1), refused, "max_open_positions", "2", "3")
 
 
 def test_an_entry_admitted_counts_as_an_open_position(trader, exchange):
@@ -120,11 +120,7 @@ def test_max_symbol_exposure_counts_what_is_held(trader, exchange, quantity, ref
     _limit("max_symbol_exposure", Decimal("3000"))
     _held(exchange, "AAPL", 10)  # 1500 held at 150
     _held(exchange, "MSFT", 100)  # another symbol's exposure does not count here
-    response = _send(trader, quantity)  # 9, 10, 11 x 150 more
-    if refused:
-        _refused(response, "max_symbol_exposure", "3000", "3150")
-    else:
-        assert response.status_code == 201, response.json()
+    _answered(_send(trader, quantity), bool(refused), "max_symbol_exposure", "3000", "3150")  # 9, 10, 11 x 150 more
 
 
 def test_max_symbol_exposure_counts_a_working_entry(trader):
@@ -137,11 +133,7 @@ def test_max_symbol_exposure_counts_a_working_entry(trader):
 def test_max_total_exposure_counts_every_symbol(trader, exchange, quantity, refused):
     _limit("max_total_exposure", Decimal("3000"))
     _held(exchange, "MSFT", 5, price="300")  # 1500 in another symbol
-    response = _send(trader, quantity)
-    if refused:
-        _refused(response, "max_total_exposure", "3000", "3150")
-    else:
-        assert response.status_code == 201, response.json()
+    _answered(_send(trader, quantity), bool(refused), "max_total_exposure", "3000", "3150")
 
 
 def test_max_orders_per_minute_below_at_and_above(trader, exchange):

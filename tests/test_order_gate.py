@@ -274,3 +274,16 @@ def test_positions_open_through_the_gate_are_closed_by_the_monitor_like_any_othe
     monitor_cycle(owner="test")
     position = Position.objects.get(pk=position_id)
     assert position.status == PositionStatus.CLOSED and position.close_reason == "STOP_LOSS_HIT"
+
+
+def test_the_schema_documents_the_gate_with_examples(db):
+    client = token_client("reader", [])
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    orders = schema["paths"]["/api/v1/orders"]["post"]
+    assert {"200", "201", "400", "401", "403", "409", "422", "429", "502"} <= set(orders["responses"])
+    examples = orders["requestBody"]["content"]["application/json"]["examples"]
+    assert {"MarketLong", "LimitShortHeldOvernight"} <= set(examples)
+    assert "examples" in orders["responses"]["422"]["content"]["application/json"]
+    reduce = schema["paths"]["/api/v1/positions/{id}/reduce"]["post"]
+    assert {"200", "201", "400", "404", "409"} <= set(reduce["responses"])
+    assert "trading.submit_order" in orders["description"] and "trading.submit_order" in reduce["description"]

@@ -57,7 +57,7 @@ ORDER_EXAMPLES = [
     OpenApiExample("Market long", request_only=True, value={
         "client_order_id": "momentum-20261127-0001", "symbol": "AAPL", "side": "buy", "quantity": 10,
         "stop_loss": "145.00", "take_profit": "160.00", "intraday": True}),
-    OpenApiExample("Limit short, held overnight", request_only=True, value={
+    OpenApiExample("Limit short held overnight", request_only=True, value={
         "client_order_id": "meanrev-20261127-0042", "symbol": "MSFT", "side": "sell", "quantity": 5,
         "entry_price": "401.50", "stop_loss": "410.00", "take_profit": "385.00", "intraday": False}),
     OpenApiExample("A limit broken", response_only=True, status_codes=["422"], value={
