@@ -32,13 +32,21 @@ $(VENV)/.installed: requirements.txt
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-run: export DJANGO_DEBUG := $(or $(DJANGO_DEBUG),true)
-run: $(VENV)/.installed
+# A local settings file every manage.py command of this checkout reads (catalyst/settings.py;
+# the environment wins over it). Written once, never overwritten, never committed.
+.env:
+	@printf '%s\n' "# Local settings of this checkout, written by make run; never committed. The environment wins." \
+	  "DJANGO_DEBUG=true" "DJANGO_SECRET_KEY=$$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" > $@
+	@echo "wrote .env (DJANGO_DEBUG=true, a local secret key): manage.py commands in any terminal read it"
+
+run: $(VENV)/.installed .env
 	@mkdir -p var
+	@rm -rf var/prometheus && mkdir -p var/prometheus  # the processes' counters, summed by /metrics
 	$(VPY) manage.py migrate --noinput
 	$(VPY) manage.py demo_setup
 	@if [ -n "$$ALPACA_API_KEY" ]; then procs="web monitor stream worker"; else procs=""; fi; \
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" exec $(VENV)/bin/honcho -f Procfile start $$procs
+	PROMETHEUS_MULTIPROC_DIR="$(CURDIR)/var/prometheus" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	  exec $(VENV)/bin/honcho -f Procfile start $$procs
 
 test: lint test-sqlite test-postgres
 

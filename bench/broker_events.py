@@ -42,7 +42,7 @@ def _wait_stream_connected(proc, timeout: float = 60) -> None:
     from risk.selectors import stream_status
 
     deadline = time.monotonic() + timeout
-    while not stream_status().healthy:
+    while stream_status().stale:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("runstream never connected")
         time.sleep(0.1)

@@ -38,6 +38,7 @@ DOCS = ROOT / "docs" / "bench-results.md"
 
 # Settings the bench must control; anything else comes from the caller's environment.
 CLEARED = ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "ALPACA_TRADING_URL", "ALPACA_DATA_URL", "ALERT_WEBHOOK_URL",
+           "ALERT_APPRISE_URLS", "PROMETHEUS_MULTIPROC_DIR",
            "ALERT_EMAIL_TO", "REDIS_URL", "MONITOR_INTERVAL_SECONDS", "MONITOR_MARKET_HOURS_ONLY",
            "BROKER_QUOTE_BATCH_SIZE", "DATABASE_CONN_MAX_AGE", "MONITOR_EXIT_FILL_WAIT_SECONDS")
 
@@ -51,6 +52,7 @@ def base_env(database_url: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
     env.update(
         DATABASE_URL=database_url,
+        CATALYST_ENV_FILE="",  # never a developer's .env
         DJANGO_SETTINGS_MODULE="catalyst.settings",
         DJANGO_DEBUG="false",
         DJANGO_SECRET_KEY="bench-only-secret-key-not-for-production-0123456789abcdef",

@@ -4,15 +4,26 @@ Every setting that can change between machines is read from the environment here
 through the typed helpers below, which fail loudly on a value they cannot parse.
 """
 
+import ipaddress
 import os
+import re
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# A local settings file (`make run` writes one), read by every command of the checkout. The
+# environment wins over it; CATALYST_ENV_FILE names another file, or none when empty (the tests).
+ENV_FILE = os.environ.get("CATALYST_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE:
+    if "CATALYST_ENV_FILE" in os.environ and not Path(ENV_FILE).is_file():
+        raise ImproperlyConfigured(f"CATALYST_ENV_FILE names {ENV_FILE!r}, which is not a file")
+    load_dotenv(ENV_FILE, override=False)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -69,6 +80,29 @@ def envlist(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def envnetworks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma-separated addresses or networks (10.0.0.5, 10.0.0.0/8, ::1)."""
+    networks = []
+    for item in envlist(name):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an address or network") from None
+    return networks
+
+
+def envurls(name: str) -> list[str]:
+    """URLs separated by spaces, commas or semicolons (one may hold commas of its own: it is
+    only split before the next `scheme://`). The values are not repeated in an error: they can
+    carry credentials."""
+    raw = os.environ.get(name, "").strip()
+    urls = [url.strip(" ,;") for url in re.split(r"[\s,;]+(?=[a-z][a-z0-9+.-]*://)", raw, flags=re.I) if url.strip(" ,;")]
+    for number, url in enumerate(urls, start=1):
+        if not re.match(r"(?i)^[a-z][a-z0-9+.-]*://\S+$", url):
+            raise ImproperlyConfigured(f"{name}: item {number} is not a URL of the form scheme://...")
+    return urls
+
+
 # --- Django core -----------------------------------------------------------------
 
 DEBUG = envbool("DJANGO_DEBUG", False)
@@ -95,6 +129,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI served from here, not a CDN: works offline
     "django_q",
     "axes",
+    "django_htmx",  # the live board's refresh (request.htmx; htmx itself served from its static files)
+    "import_export",  # CSV export of positions and orders (export only)
     "trading",
     "risk",
     "console",
@@ -110,6 +146,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 # Login throttling (django-axes): after AXES_FAILURE_LIMIT failures for a username from one
@@ -122,6 +159,7 @@ AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = envint("LOGIN_COOLOFF_MINUTES", 15, minimum=1) / 60
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "admin/lockout.html"  # says for how long, and how to unlock
 
 ROOT_URLCONF = "catalyst.urls"
 
@@ -179,9 +217,12 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+FORMAT_MODULE_PATH = ["catalyst.formats"]  # times with seconds everywhere
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"  # exporting a list needs the permission to view it
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -189,6 +230,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # --- Security (production defaults; DEBUG relaxes the HTTPS-only ones) ------------
 
 SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]  # scraped on the internal address, past the TLS proxy
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_HSTS_SECONDS = 0 if DEBUG else envint("DJANGO_HSTS_SECONDS", 31536000)
@@ -197,17 +239,26 @@ SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 X_FRAME_OPTIONS = "DENY"
 
-# --- Logging: one line per event on stdout; secrets are never formatted in ---------
+# --- Logging: one JSON object per line on stdout; secrets are never formatted in ---------
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {"json": {"()": "catalyst.logs.JsonLines"}},
     "filters": {"scrub": {"()": "trading.redaction.ScrubFilter"}},
-    "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": sys.stdout, "formatter": "line",
-                            "filters": ["scrub"]}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": sys.stdout, "formatter": "json",
+                            "filters": ["scrub"]},
+                 "null": {"class": "logging.NullHandler"}},
     "root": {"handlers": ["stdout"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"urllib3": {"level": "WARNING"}},
+    "loggers": {
+        "urllib3": {"level": "WARNING"},
+        # runserver's access lines (2xx/3xx at INFO, 4xx WARNING, 5xx ERROR); make run shows failures only
+        "django.server": {"handlers": ["stdout"], "level": envchoice(
+            "ACCESS_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")), "propagate": False},
+        # Apprise names the hosts it fails on, and its URLs are secrets: risk.alerts reads its
+        # warnings for the HTTP status and logs each failure itself, scrubbed.
+        "apprise": {"handlers": ["null"], "level": "WARNING", "propagate": False},
+    },
 }
 
 # --- REST API ------------------------------------------------------------------
@@ -305,7 +356,8 @@ EOD_FLATTEN_MINUTES = envint("EOD_FLATTEN_MINUTES", 15, minimum=1)
 
 # --- Alerts ----------------------------------------------------------------------
 
-ALERT_WEBHOOK_URL = envstr("ALERT_WEBHOOK_URL")
+ALERT_APPRISE_URLS = envurls("ALERT_APPRISE_URLS")  # secrets: never logged, stored or shown
+ALERT_WEBHOOK_URL = envstr("ALERT_WEBHOOK_URL")  # sent as Apprise json:// with the former {"text": ...} body
 ALERT_WEBHOOK_TIMEOUT_SECONDS = envdecimal("ALERT_WEBHOOK_TIMEOUT_SECONDS", "3", minimum="0.1")
 ALERT_WEBHOOK_RETRIES = envint("ALERT_WEBHOOK_RETRIES", 2)
 ALERT_EMAIL_TO = envlist("ALERT_EMAIL_TO")
@@ -346,3 +398,17 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+
+# --- The operator's console: live board, metrics ----------------------------------------
+
+BOARD_REFRESH_SECONDS = envint("BOARD_REFRESH_SECONDS", 3, minimum=1)
+BOARD_QUOTE_CACHE_SECONDS = envint("BOARD_QUOTE_CACHE_SECONDS", 2, minimum=0)
+# /metrics answers a bearer token or an address on the allow-list (REMOTE_ADDR: the direct
+# peer), and nobody while both are empty.
+METRICS_TOKEN = envstr("METRICS_TOKEN")
+METRICS_ALLOWED_ADDRESSES = envnetworks("METRICS_ALLOWED_ADDRESSES")
+# prometheus_client's multiprocess mode: the processes' counters (broker errors) are written to
+# files there and summed by /metrics (make run sets it to var/prometheus, emptied at start).
+PROMETHEUS_MULTIPROC_DIR = envstr("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR and not Path(PROMETHEUS_MULTIPROC_DIR).is_dir():
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR must be an existing directory, got {PROMETHEUS_MULTIPROC_DIR!r}")

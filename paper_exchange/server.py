@@ -24,7 +24,7 @@ from .state import ExchangeError, ExchangeState
 from .streams import TRADE_PATH, session_class
 from .websocket import WebSocket, accept_key, is_upgrade
 
-__all__ = ["PaperExchangeServer", "serve", "make_handler"]
+__all__ = ["PaperExchangeServer", "make_handler"]
 
 MAX_QUERY_LENGTH = 8000
 UNAUTHORIZED = {"code": 40110000, "message": "request is not authorized"}

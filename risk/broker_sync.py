@@ -37,8 +37,9 @@ class SyncReport:
         return f"broker sync: {self.live_at_broker} live orders at the broker, {self.changed_orders} changed; {moved}"
 
 
-def broker_sync() -> SyncReport:
-    """Raises BrokerError when the broker can't be read (the caller records it)."""
+def broker_sync(*, by: str = MONITOR) -> SyncReport:
+    """Raises BrokerError when the broker can't be read (the caller records it). `by` names the
+    heartbeat (the monitor's or the stream's) that notes when the broker last confirmed it all."""
     report = SyncReport()
     live_ids = {order.id for order in broker.list_live_orders_flat()}
     report.live_at_broker = len(live_ids)
@@ -60,13 +61,15 @@ def broker_sync() -> SyncReport:
     if unprotected:
         for result in protection_audit(positions=unprotected):  # PROTECTION_POLICY at once
             report.changes[result.position.pk] += f" -> {result.action}"
-    _confirmed()
+    _confirmed(by)
     if report.changes:
         event_record(kind=RiskEventKind.ORDER_SYNCED, reason="broker sync", message=report.summary())
     return report
 
 
-def _confirmed() -> None:
+def _confirmed(by: str) -> None:
     """Every position's protection was just confirmed with the broker (one row: the positions'
     own protection_checked_at says when each last changed or was judged)."""
-    Heartbeat.objects.update_or_create(name=MONITOR, defaults={"last_broker_sync_at": timezone.now()})
+    now = timezone.now()
+    if not Heartbeat.objects.filter(name=by).update(last_broker_sync_at=now) and by == MONITOR:
+        Heartbeat.objects.get_or_create(name=MONITOR, defaults={"last_broker_sync_at": now})  # its first cycle

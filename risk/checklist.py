@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from trading import broker
@@ -102,7 +103,9 @@ def _check_protection() -> ChecklistItem:
     if lacking:
         names = ", ".join(f"#{pk} {symbol}" for pk, symbol in lacking)
         return ChecklistItem(ALL_PROTECTED, label, False, f"without a live stop or marked unprotected: {names}")
-    return ChecklistItem(ALL_PROTECTED, label, True, f"{Position.objects.open().count()} open positions, all with a live stop")
+    count = Position.objects.open().count()
+    return ChecklistItem(ALL_PROTECTED, label, True,
+                         f"{count} open position{pluralize(count)}, {'all with' if count != 1 else 'with'} a live stop")
 
 
 def _check_age(now: datetime) -> ChecklistItem:

@@ -12,15 +12,17 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from trading.models import Position, PositionStatus
+from trading.models import Closer, Position, PositionStatus
 
 
 def lock_span() -> timedelta:
     return timedelta(seconds=settings.MONITOR_LEASE_SECONDS)
 
 
-def position_claim(*, position_id: int, reason: str | None, owner: str, keep: Decimal | None = None) -> bool:
+def position_claim(*, position_id: int, reason: str | None, owner: str, by: Closer,
+                   keep: Decimal | None = None) -> bool:
     """Move one position from open to closing. True for exactly one caller, however many race.
+    `by` says who closes it (the alert for its exit is named after it).
 
     `keep`: a reduce, which exits down to that quantity and then reopens the position. A full
     close (no `keep`) also takes over a reduce in progress: a flatten must not leave a rest."""
@@ -34,7 +36,7 @@ def position_claim(*, position_id: int, reason: str | None, owner: str, keep: De
             if not list(candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)):
                 return False
         return candidates.update(
-            status=PositionStatus.CLOSING, close_reason=reason, keep_quantity=keep, lock_owner=owner,
+            status=PositionStatus.CLOSING, close_reason=reason, closed_by=by, keep_quantity=keep, lock_owner=owner,
             locked_until=now + lock_span(), exit_refusals=0, exit_refused_at=None, updated_at=now,
         ) == 1
 

@@ -21,6 +21,7 @@ from trading.broker import BrokerError
 from trading.holdings import holding
 from trading.models import (
     CloseReason,
+    Closer,
     Order,
     OrderRole,
     OrderStatus,
@@ -43,7 +44,7 @@ from .follow import Change, position_follow
 from .journal import event_record
 from .levels import protection_levels
 from .market import exits_allowed
-from .models import AlertKind, RiskEvent, RiskEventKind
+from .models import EXIT_ALERT_KINDS, AlertKind, RiskEvent, RiskEventKind
 
 ZERO = Decimal("0")
 UNATTRIBUTED = "the broker's shares in the symbol are accounted to other positions; trying again next cycle"
@@ -142,8 +143,9 @@ def _exit(position: Position, qty: Decimal) -> CloseOutcome:
     event_record(kind=RiskEventKind.EXIT_SENT, position=position, reason=position.close_reason or "",
                  message=f"{exit_order.side} {exit_order.qty} {position.symbol} market, {exit_order.client_order_id}",
                  data={"order": exit_order.broker_order_id})
-    alert_send(kind=AlertKind.EXIT_SENT, message=f"Fallback exit sent for {position}: {position.close_reason}",
-               position=position)
+    kind = EXIT_ALERT_KINDS.get(position.closed_by, AlertKind.FALLBACK_EXIT)
+    alert_send(kind=kind, message=f"{AlertKind(kind).label} for {position}: {exit_order.side} {exit_order.qty} at "
+                                  f"market, close reason {position.close_reason}", position=position)
     if exit_order.status == OrderStatus.FILLED:
         return _after_exit_fill(position)
     return CloseOutcome(position, CloseState.EXIT_PENDING, "exit sent")
@@ -216,8 +218,8 @@ def _reduce_done(position: Position, held: Decimal) -> CloseOutcome:
     that took the reduce over meanwhile (keep_quantity cleared) is left to carry on."""
     reopened = Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING,
                                        keep_quantity__isnull=False).update(
-        status=PositionStatus.OPEN, close_reason=None, keep_quantity=None, lock_owner="", locked_until=None,
-        protection=Protection.UNPROTECTED, protection_checked_at=timezone.now())
+        status=PositionStatus.OPEN, close_reason=None, closed_by="", keep_quantity=None, lock_owner="",
+        locked_until=None, protection=Protection.UNPROTECTED, protection_checked_at=timezone.now())
     position.refresh_from_db()
     if not reopened:
         return CloseOutcome(position, CloseState.WAITING, "taken over by a full close")
@@ -288,10 +290,11 @@ def claimed_close(position_ids: list[int], owner: str) -> list[CloseOutcome]:
     return _await_exits(_steps(position_ids, owner), owner)
 
 
-def position_close(*, position: Position, reason: str, owner: str | None = None,
+def position_close(*, position: Position, reason: str, by: Closer, owner: str | None = None,
                    price: Decimal | None = None, quote_time: datetime | None = None) -> CloseOutcome:
     """Close one position safely. A position already closing or closed is left alone."""
-    return positions_close(positions=[position], reason=reason, owner=owner, price=price, quote_time=quote_time)[0]
+    return positions_close(positions=[position], reason=reason, by=by, owner=owner, price=price,
+                           quote_time=quote_time)[0]
 
 
 def position_reduce(*, position: Position, quantity: Decimal, owner: str) -> CloseOutcome:
@@ -301,7 +304,8 @@ def position_reduce(*, position: Position, quantity: Decimal, owner: str) -> Clo
     closes it (close_reason REDUCED). A position not open is SKIPPED."""
     held = holding(position, position.orders.all()).held
     keep = held - quantity if quantity < held else None
-    if not position_claim(position_id=position.pk, reason=CloseReason.REDUCED, owner=owner, keep=keep):
+    if not position_claim(position_id=position.pk, reason=CloseReason.REDUCED, owner=owner, by=Closer.GATE,
+                          keep=keep):
         position.refresh_from_db()
         return CloseOutcome(position, CloseState.SKIPPED, f"already {position.status}")
     event_record(kind=RiskEventKind.CLAIMED, position=position, reason=CloseReason.REDUCED,
@@ -310,16 +314,17 @@ def position_reduce(*, position: Position, quantity: Decimal, owner: str) -> Clo
     return claimed_close([position.pk], owner)[0]
 
 
-def positions_close(*, positions: list[Position], reason: str, owner: str | None = None,
+def positions_close(*, positions: list[Position], reason: str, by: Closer, owner: str | None = None,
                     price: Decimal | None = None, quote_time: datetime | None = None) -> list[CloseOutcome]:
     """Close many positions: every exit is sent first, then the fills are awaited together.
-    `price` and `quote_time` (what the decision was made on) go on each claim event."""
+    `by` says who closes them; `price` and `quote_time` (what the decision was made on) go on each
+    claim event."""
     owner = owner or f"close-{uuid.uuid4().hex[:12]}"
     skipped, claimed = [], []
     for position in positions:
         if position.status == PositionStatus.PENDING:
             skipped.append(entry_cancel(position=position))
-        elif position_claim(position_id=position.pk, reason=reason, owner=owner):
+        elif position_claim(position_id=position.pk, reason=reason, owner=owner, by=by):
             event_record(kind=RiskEventKind.CLAIMED, position=position, price=price, quote_time=quote_time,
                          reason=reason)
             claimed.append(position.pk)

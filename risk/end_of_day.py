@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from trading.broker import Clock
-from trading.models import CloseReason, Position
+from trading.models import CloseReason, Closer, Position
 
 from .closing import positions_close
 from .finalize import CloseOutcome
@@ -57,4 +57,5 @@ def end_of_day_flatten(*, clock: Clock, owner: str) -> list[CloseOutcome]:
                  message=f"closing {len(positions)} intraday positions, {settings.EOD_FLATTEN_MINUTES} min before "
                          f"the close at {clock.next_close:%Y-%m-%d %H:%M %Z}",
                  data={"positions": [p.pk for p in positions], "next_close": clock.next_close})
-    return positions_close(positions=positions, reason=CloseReason.MARKET_CLOSE, owner=f"eod-{owner}"[:64])
+    return positions_close(positions=positions, reason=CloseReason.MARKET_CLOSE, by=Closer.MONITOR,
+                           owner=f"eod-{owner}"[:64])

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from django.conf import settings
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from trading import broker
@@ -62,7 +63,8 @@ def _check_entry_allowed(spec: BracketSpec, *, is_test: bool) -> None:
     if is_test:
         if spec.quantity > settings.TEST_ORDER_MAX_QTY:
             raise OrderValidationError(
-                {"quantity": f"test orders are limited to {settings.TEST_ORDER_MAX_QTY} shares, got {spec.quantity}"}
+                {"quantity": f"test orders are limited to {settings.TEST_ORDER_MAX_QTY} share"
+                             f"{pluralize(settings.TEST_ORDER_MAX_QTY)}, got {spec.quantity}"}
             )
         return
     state = trading_state()

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db.models import Prefetch
+from django.template.defaultfilters import pluralize
 
 from trading import broker
 from trading.broker import BrokerError
 from trading.models import (
     CloseReason,
+    Closer,
     Order,
     Position,
     PositionStatus,
@@ -155,17 +157,19 @@ def flatten(*, user, positions=None) -> FlattenResult:
     else:
         targets = _positions_for(positions)
     event_record(kind=RiskEventKind.TRADING_STATE, reason=CloseReason.EMERGENCY_STOP,
-                 message=f"emergency flatten by {who}: {len(targets)} positions"
+                 message=f"emergency flatten by {who}: {len(targets)} position{pluralize(len(targets))}"
                          + ("" if positions is not None else f", {result.cancelled_orders} orders cancelled"),
                  data={"positions": [p.pk for p in targets], "user": who, "everything": positions is None})
-    result.outcomes = positions_close(positions=targets, reason=CloseReason.EMERGENCY_STOP, owner=f"flatten-{who}"[:64])
+    result.outcomes = positions_close(positions=targets, reason=CloseReason.EMERGENCY_STOP, by=Closer.FLATTEN,
+                                     owner=f"flatten-{who}"[:64])
     return result
 
 
 def close_manually(*, user, positions) -> list[CloseOutcome]:
     """MANUAL close of the chosen positions; the trading state is left as it is."""
     targets = _positions_for(positions)
-    return positions_close(positions=targets, reason=CloseReason.MANUAL, owner=f"manual-{_who(user)}"[:64])
+    return positions_close(positions=targets, reason=CloseReason.MANUAL, by=Closer.OPERATOR,
+                           owner=f"manual-{_who(user)}"[:64])
 
 
 def outcome_summary(outcome: CloseOutcome) -> str:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from django.utils import timezone
 
 from trading.holdings import close_reason_from_fills, holding
-from trading.models import Order, OrderRole, Position, PositionStatus, Protection
+from trading.models import Closer, Order, OrderRole, Position, PositionStatus, Protection
 from trading.orders import orders_cancel
 
 from .claims import closing_lock, closing_unlock, position_claim
@@ -74,7 +74,7 @@ def _closed_at_broker(position: Position, orders: list[Order]) -> Change:
     h = holding(position, orders)
     if position.status == PositionStatus.OPEN:
         reason = close_reason_from_fills(h.fills, default=position.close_reason)
-        if not position_claim(position_id=position.pk, reason=reason, owner=FOLLOWER):
+        if not position_claim(position_id=position.pk, reason=reason, owner=FOLLOWER, by=Closer.BROKER):
             return Change.NONE  # someone else is closing it: they finish
     elif not closing_lock(position_id=position.pk, owner=FOLLOWER):
         return Change.NONE

@@ -14,9 +14,10 @@ from .models import RiskEvent
 log = logging.getLogger("risk.monitor")
 
 
-def log_line(payload: dict) -> None:
-    """One structured line (JSON) for the operator's log."""
-    log.info(json.dumps(payload, default=str, sort_keys=True))
+def log_line(payload: dict, *, level: int = logging.INFO) -> None:
+    """One structured line for the operator's log: the payload's fields are the JSON line's
+    (catalyst.logs.JsonLines); the message is the payload as JSON, for any other handler."""
+    log.log(level, json.dumps(payload, default=str, sort_keys=True), extra={"payload": payload})
 
 
 def event_record(

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
-from trading.models import PRICE, QTY, Order, Position
+from trading.models import PRICE, QTY, Closer, Order, Position
 
 MONITOR = "monitor"  # the monitor's heartbeat row and lease
 STREAM = "stream"  # the trade_updates stream's heartbeat row (started_at: connected since; finished_at: last seen
@@ -94,6 +94,9 @@ class Heartbeat(models.Model):
     consecutive_error_cycles = models.PositiveIntegerField(default=0)
     cycles = models.PositiveBigIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True, help_text="When the last failing cycle ended.")
+    stale_alerted_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set while a staleness alert is out for this heartbeat; cleared when it beats again.")
     market_open = models.BooleanField(null=True)
     last_reconcile_at = models.DateTimeField(null=True, blank=True)
     last_reconcile_summary = models.TextField(blank=True)
@@ -116,7 +119,12 @@ class Lease(models.Model):
 
 
 class AlertKind(models.TextChoices):
-    EXIT_SENT = "exit_sent", "Fallback exit sent"
+    # An exit sent, named for who closed the position (Position.closed_by): see EXIT_ALERT_KINDS.
+    FALLBACK_EXIT = "fallback_exit", "Fallback exit by the monitor"
+    OPERATOR_CLOSE = "operator_close", "Operator close: exit sent"
+    FLATTEN_EXIT = "flatten_exit", "Emergency flatten: exit sent"
+    PROTECTION_EXIT = "protection_exit", "Protection-audit exit"
+    RECONCILE_EXIT = "reconcile_exit", "Reconciliation exit"
     EXIT_REJECTED = "exit_rejected", "Exit rejected"
     EXIT_REFUSED = "exit_refused", "Exits refused: re-protected, left to an operator"
     UNPROTECTED = "unprotected", "Unprotected position"
@@ -124,9 +132,22 @@ class AlertKind(models.TextChoices):
     MISMATCH = "mismatch", "Reconciliation mismatch"
     MONITOR_ERRORS = "monitor_errors", "Monitor failing"
     BRACKET_NOT_PROTECTED = "bracket_not_protected", "Bracket without legs"
+    HEARTBEAT_STALE = "heartbeat_stale", "Heartbeat stale"
+    HEARTBEAT_BACK = "heartbeat_back", "Heartbeat back"
+    GATE_EXIT = "gate_exit", "Reduce by the trading service: exit sent"
     DAILY_LOSS = "daily_loss", "Daily loss limit hit"
     STOP_LOSS_GUARD = "stop_loss_guard", "Stop-loss guard tripped"
-    STREAM = "stream", "Broker stream down or back"
+
+
+# Which alert an exit raises, by who closed the position.
+EXIT_ALERT_KINDS = {
+    Closer.MONITOR: AlertKind.FALLBACK_EXIT,
+    Closer.OPERATOR: AlertKind.OPERATOR_CLOSE,
+    Closer.FLATTEN: AlertKind.FLATTEN_EXIT,
+    Closer.PROTECTION: AlertKind.PROTECTION_EXIT,
+    Closer.RECONCILE: AlertKind.RECONCILE_EXIT,
+    Closer.GATE: AlertKind.GATE_EXIT,
+}
 
 
 class DeliveryStatus(models.TextChoices):
@@ -142,7 +163,8 @@ class Alert(models.Model):
     message = models.TextField()
     position = models.ForeignKey(Position, null=True, blank=True, on_delete=models.PROTECT, related_name="alerts")
     email_status = models.CharField(max_length=8, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
-    webhook_status = models.CharField(max_length=8, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    apprise_status = models.CharField(max_length=8, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING,
+                                      verbose_name="Apprise status", help_text="Delivery to the ALERT_APPRISE_URLS.")
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
 

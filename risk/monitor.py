@@ -8,6 +8,7 @@ cycles) is the caller's choice.
 """
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 from trading import broker
 from trading.broker import BrokerError, Clock, Quote
-from trading.models import Position, Side
+from trading.models import Closer, Position, Side
 
 from .alerts import alert_send, alerts_deliver_pending_in_background
 from .broker_sync import broker_sync
@@ -93,7 +94,7 @@ def _check_positions(result: CycleResult, owner: str) -> None:
         result.skipped = len(skipped)
     claimed = []
     for position, reason, quote, price in triggered:
-        if position_claim(position_id=position.pk, reason=reason, owner=owner):
+        if position_claim(position_id=position.pk, reason=reason, owner=owner, by=Closer.MONITOR):
             event_record(kind=RiskEventKind.TRIGGERED, position=position, price=price, quote_time=quote.time,
                          reason=reason, data=_quote_data(quote) | {"price_used": price},
                          message=f"{'bid' if position.side == Side.LONG else 'ask'} {price} (bid {quote.bid} / "
@@ -130,7 +131,7 @@ def monitor_cycle(*, owner: str | None = None) -> CycleResult:
     owner = owner or f"cycle-{uuid.uuid4().hex[:12]}"
     result = CycleResult(started_at=timezone.now())
     try:
-        if not stream_status().healthy:
+        if stream_status().stale:
             sync = broker_sync()
             if sync.changes:
                 result.messages.append(sync.summary())
@@ -175,16 +176,33 @@ def heartbeat_write(*, result: CycleResult) -> None:
         heartbeat.cycles += 1
         heartbeat.market_open = result.market_open
         heartbeat.consecutive_error_cycles = heartbeat.consecutive_error_cycles + 1 if result.errors else 0
-        heartbeat.last_error = "; ".join(result.messages) if result.errors else heartbeat.last_error
+        if result.errors:
+            heartbeat.last_error = "; ".join(result.messages) or f"{result.errors} positions failed to close"
+            heartbeat.last_error_at = result.finished_at
         # only the cycle's own fields: a reconciliation may be writing its own meanwhile
         heartbeat.save(update_fields=["started_at", "finished_at", "positions_checked", "actions", "errors", "cycles",
-                                      "market_open", "consecutive_error_cycles", "last_error"])
+                                      "market_open", "consecutive_error_cycles", "last_error", "last_error_at"])
     except DatabaseError as exc:
         log.error("heartbeat not stored (%s): %s", type(exc).__name__, exc)
         return
     if heartbeat.consecutive_error_cycles == settings.MONITOR_ALERT_AFTER_ERROR_CYCLES:
         alert_send(kind=AlertKind.MONITOR_ERRORS,
                    message=f"Monitor failed {heartbeat.consecutive_error_cycles} cycles in a row: {heartbeat.last_error}")
+
+
+def broker_await(*, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
+    """Wait until the broker answers (its clock), at most `timeout` seconds: a monitor started
+    beside the paper exchange would otherwise fail its first cycle. True once it answered."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            broker.clock()
+        except BrokerError:
+            if time.monotonic() >= deadline or stop():
+                return False
+            time.sleep(0.5)
+        else:
+            return True
 
 
 # --- Housekeeping and the tick -----------------------------------------------------------------

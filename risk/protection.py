@@ -39,6 +39,7 @@ from trading.holdings import RemoteOrders, holding, order_views
 from trading.models import (
     STOP_TYPES,
     CloseReason,
+    Closer,
     LevelsSource,
     Order,
     OrderClass,
@@ -333,8 +334,8 @@ def _exit(position: Position, *, reason: str, price, stop, target, quote, dry_ru
              f"(stop {stop}, target {target}): exit {reason}, not re-protected"
     if dry_run:
         return ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.EXITED, detail, True)
-    outcome = position_close(position=position, reason=reason, owner=f"protect-{position.pk}", price=price,
-                             quote_time=quote.time if quote else None)
+    outcome = position_close(position=position, reason=reason, by=Closer.PROTECTION, owner=f"protect-{position.pk}",
+                             price=price, quote_time=quote.time if quote else None)
     action = ProtectionAction.EXITED if outcome.state in CLOSE_STARTED else ProtectionAction.FAILED
     return ProtectionResult(outcome.position, Protection.UNPROTECTED, action,
                             f"{detail}; {outcome.state} {outcome.detail}".strip())
@@ -343,7 +344,8 @@ def _exit(position: Position, *, reason: str, price, stop, target, quote, dry_ru
 def _flatten(position: Position, *, dry_run: bool) -> ProtectionResult:
     if dry_run:
         return ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.FLATTENED, "policy flatten: market exit", True)
-    outcome = position_close(position=position, reason=CloseReason.EMERGENCY_STOP, owner=f"protect-{position.pk}")
+    outcome = position_close(position=position, reason=CloseReason.EMERGENCY_STOP, by=Closer.PROTECTION,
+                             owner=f"protect-{position.pk}")
     action = ProtectionAction.FLATTENED if outcome.state in CLOSE_STARTED else ProtectionAction.FAILED
     return ProtectionResult(outcome.position, Protection.UNPROTECTED, action,
                             f"policy flatten: {outcome.state} {outcome.detail}".strip())

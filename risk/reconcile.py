@@ -44,6 +44,7 @@ from trading.holdings import (
     order_views,
 )
 from trading.models import (
+    Closer,
     Order,
     OrderRole,
     OrderStatus,
@@ -403,7 +404,7 @@ def _close(report: ReconcileReport, action: _Action) -> None:
     if report.dry_run:
         return
     owner = f"reconcile-{uuid.uuid4().hex[:12]}"
-    if not position_claim(position_id=position.pk, reason=action.reason, owner=owner):
+    if not position_claim(position_id=position.pk, reason=action.reason, owner=owner, by=Closer.RECONCILE):
         finding.message += "; not closed: another worker claimed it first"
         return
     event_record(kind=RiskEventKind.CLAIMED, position=position, reason=action.reason or "reconcile",
@@ -491,9 +492,11 @@ def reconcile_run(*, dry_run: bool = False) -> ReconcileReport:
 def _finish(report: ReconcileReport, *, record: bool) -> ReconcileReport:
     report.finished_at = timezone.now()
     summary = report.summary()
-    (log.warning if report.errors or any(f.kind in (FindingKind.MISMATCH, FindingKind.CLOSED_UNEXPLAINED,
-                                                    FindingKind.ADOPTED)
-                                         for f in report.findings) else log.info)(summary)
+    if report.errors or any(f.kind in (FindingKind.MISMATCH, FindingKind.CLOSED_UNEXPLAINED, FindingKind.ADOPTED)
+                            for f in report.findings):
+        log.warning(summary)
+    elif not record:  # a recorded run's line is its journal event's: not twice
+        log.info(summary)
     if record:
         event_record(kind=RiskEventKind.RECONCILED, reason="reconcile run", message=summary,
                      data=report.counts() | {"broker_positions": report.broker_positions,

@@ -1,21 +1,41 @@
-"""Reads about the monitor, the stream and their records, for the console (admin and API)."""
+"""Reads about the monitor, the stream and their records, for the console (admin, API, metrics)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from .models import MONITOR, STREAM, Heartbeat
 
+RECENT_ERROR_CYCLES = 10  # a cycle's error is shown while it is at most this many intervals old
+
+
+def monitor_stale_after_seconds() -> int:
+    return 2 * settings.MONITOR_INTERVAL_SECONDS
+
+
+# How long each heartbeat (a Heartbeat row, by name) may go without a beat (`finished_at`)
+# before it is stale; a name not listed gets the monitor's. The trade_updates stream beats
+# while it is connected: stale means down (or its process dead), and the monitor syncs.
+STALE_AFTER: dict[str, Callable[[], int]] = {MONITOR: monitor_stale_after_seconds,
+                                             STREAM: lambda: settings.STREAM_HEALTHY_SECONDS}
+
+
+def heartbeat_stale_after_seconds(name: str) -> int:
+    return STALE_AFTER.get(name, monitor_stale_after_seconds)()
+
 
 @dataclass(frozen=True)
-class MonitorStatus:
-    """The monitor's heartbeat and whether it is fresh (a cycle finished within 2 intervals)."""
+class HeartbeatStatus:
+    """A heartbeat and whether it is fresh (it beat within its `stale_after_seconds`)."""
 
+    name: str
     heartbeat: Heartbeat | None
-    age_seconds: int | None  # since the last cycle finished
+    age_seconds: int | None  # since the last beat (for the monitor: since its last cycle finished)
     stale_after_seconds: int
+    checked_at: datetime
 
     @property
     def stale(self) -> bool:
@@ -25,52 +45,47 @@ class MonitorStatus:
     def finished_at(self) -> datetime | None:
         return self.heartbeat.finished_at if self.heartbeat else None
 
+    @property
+    def recent_error(self) -> str:
+        """The last error while it is recent (RECENT_ERROR_CYCLES intervals), else ""."""
+        row = self.heartbeat
+        if row is None or not row.last_error or row.last_error_at is None:
+            return ""
+        window = timedelta(seconds=RECENT_ERROR_CYCLES * settings.MONITOR_INTERVAL_SECONDS)
+        return row.last_error if self.checked_at - row.last_error_at <= window else ""
 
-def monitor_stale_after_seconds() -> int:
-    return 2 * settings.MONITOR_INTERVAL_SECONDS
 
-
-def monitor_status(*, now: datetime | None = None) -> MonitorStatus:
-    """One query."""
-    now = now or timezone.now()
-    heartbeat = Heartbeat.objects.filter(name=MONITOR).first()
+def _status(name: str, heartbeat: Heartbeat | None, now: datetime) -> HeartbeatStatus:
     age = None
     if heartbeat is not None and heartbeat.finished_at is not None:
         age = max(0, int((now - heartbeat.finished_at).total_seconds()))
-    return MonitorStatus(heartbeat=heartbeat, age_seconds=age, stale_after_seconds=monitor_stale_after_seconds())
+    return HeartbeatStatus(name=name, heartbeat=heartbeat, age_seconds=age,
+                           stale_after_seconds=heartbeat_stale_after_seconds(name), checked_at=now)
 
 
-@dataclass(frozen=True)
-class StreamStatus:
-    """The trade_updates stream: healthy while connected and seen within STREAM_HEALTHY_SECONDS."""
-
-    heartbeat: Heartbeat | None
-    age_seconds: int | None  # since it was last seen connected
-
-    @property
-    def healthy(self) -> bool:
-        return (self.heartbeat is not None and self.age_seconds is not None
-                and self.heartbeat.consecutive_error_cycles == 0 and self.age_seconds <= settings.STREAM_HEALTHY_SECONDS)
-
-    @property
-    def connected_since(self) -> datetime | None:
-        return self.heartbeat.started_at if self.healthy else None
-
-
-def stream_status(*, now: datetime | None = None) -> StreamStatus:
-    """One query."""
+def monitor_status(*, now: datetime | None = None) -> HeartbeatStatus:
+    """The monitor's heartbeat. One query."""
     now = now or timezone.now()
-    heartbeat = Heartbeat.objects.filter(name=STREAM).first()
-    age = None
-    if heartbeat is not None and heartbeat.finished_at is not None:
-        age = max(0, int((now - heartbeat.finished_at).total_seconds()))
-    return StreamStatus(heartbeat=heartbeat, age_seconds=age)
+    return _status(MONITOR, Heartbeat.objects.filter(name=MONITOR).first(), now)
+
+
+def heartbeats_status(*, now: datetime | None = None) -> list[HeartbeatStatus]:
+    """Every heartbeat there is (the monitor's, the stream's...), by name. One query."""
+    now = now or timezone.now()
+    return [_status(row.name, row, now) for row in Heartbeat.objects.order_by("name")]
+
+
+def stream_status(*, now: datetime | None = None) -> HeartbeatStatus:
+    """The trade_updates stream's heartbeat: fresh while it was seen connected within
+    STREAM_HEALTHY_SECONDS (`started_at`: connected since; `cycles`: events applied). One query."""
+    now = now or timezone.now()
+    return _status(STREAM, Heartbeat.objects.filter(name=STREAM).first(), now)
 
 
 @dataclass(frozen=True)
 class ProtectionAsOf:
     """When the broker last confirmed our picture of the positions' protection: the stream
-    while it is healthy (now), else the monitor's last quick sync."""
+    while it is fresh, else the monitor's last broker sync."""
 
     at: datetime | None
     stale_after_seconds: int
@@ -81,10 +96,11 @@ class ProtectionAsOf:
         return self.age_seconds is None or self.age_seconds > self.stale_after_seconds
 
 
-def protection_as_of(*, monitor: MonitorStatus, stream: StreamStatus, now: datetime | None = None) -> ProtectionAsOf:
+def protection_as_of(*, monitor: HeartbeatStatus, stream: HeartbeatStatus,
+                     now: datetime | None = None) -> ProtectionAsOf:
     now = now or timezone.now()
-    candidates = [monitor.heartbeat.last_broker_sync_at if monitor.heartbeat else None,
-                  stream.heartbeat.finished_at if stream.healthy else None]
+    candidates = [row.last_broker_sync_at for row in (monitor.heartbeat, stream.heartbeat) if row is not None]
+    candidates.append(stream.finished_at if not stream.stale else None)
     at = max((c for c in candidates if c is not None), default=None)
     age = None if at is None else max(0, int((now - at).total_seconds()))
     return ProtectionAsOf(at=at, stale_after_seconds=monitor_stale_after_seconds(), age_seconds=age)

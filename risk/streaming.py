@@ -3,42 +3,38 @@
 alpaca-py's streams run their own reconnect loop (with backoff); this drives that loop's
 coroutine in our own event loop (their run() calls asyncio.run) beside a watchdog that, once
 a second, renews the lease (a second process waits for it instead of fighting for the
-connection: Alpaca allows one), writes the heartbeat while connected, alerts when the
-connection has been down for a while, and stops everything when asked. Messages are
-handed, in order, to a worker thread that applies them to the database.
+connection: Alpaca allows one), catches up after every (re)connection, beats the heartbeat
+while connected (a stream down, or its process dead, goes stale and is alerted by
+risk.heartbeats like any heartbeat), and stops everything when asked. Messages are handed,
+in order, to a worker thread that applies them to the database.
 """
 
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from trading import broker
 
-from .alerts import alert_send
 from .lease import lease_acquire, lease_release
-from .models import AlertKind, Heartbeat
+from .models import Heartbeat
 
 log = logging.getLogger("risk.stream")
-
-DOWN_ALERT_SECONDS = 10  # an outage shorter than this (a reconnect) is logged, not alerted
 
 
 @dataclass
 class StreamStats:
     connection: int | None = None  # the connection seen at the last tick
-    connected_since: float | None = None
-    down_since: float | None = None
-    down_alerted: bool = False
     messages: int = 0
     errors: int = 0
     last_error: str = ""
+    last_error_at: datetime | None = None
 
 
 class StreamRunner:
@@ -116,42 +112,34 @@ class StreamRunner:
         try:
             self.apply(message)
         except Exception as exc:  # one bad message must not end the stream
-            self.stats.errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed(f"{type(exc).__name__}: {exc}")
             log.exception("%s message not applied", self.name)
             close_old_connections()
 
     def _tick(self, connection: int | None) -> bool:
-        """Once a second: the lease, the heartbeat, the down alert; catching up after every
-        (re)connection, however brief the gap. False when the lease is lost."""
-        now = time.monotonic()
+        """Once a second: the lease, the heartbeat; catching up after every (re)connection,
+        however brief the gap. False when the lease is lost."""
         connected = connection is not None
-        if connected:
-            if connection != self.stats.connection:
-                self.stats.connected_since = now
-                log.info("%s stream connected", self.name)
-                self._caught_up()
-            if self.stats.down_alerted:
-                alert_send(kind=AlertKind.STREAM, message=f"The {self.name} stream is back after "
-                                                                f"{int(now - self.stats.down_since)}s.")
-            self.stats.down_since, self.stats.down_alerted = None, False
-        else:
-            self.stats.connected_since = None
-            self.stats.down_since = self.stats.down_since or now
-            if not self.stats.down_alerted and now - self.stats.down_since >= DOWN_ALERT_SECONDS:
-                self.stats.down_alerted = True
-                alert_send(kind=AlertKind.STREAM,
-                           message=f"The {self.name} stream has been down for {DOWN_ALERT_SECONDS}s; the monitor "
-                                   f"reconciles with the broker every cycle until it is back.")
+        reconnected = connected and connection != self.stats.connection
+        if reconnected:
+            log.info("%s stream connected", self.name)
+            self._caught_up()
+        elif not connected and self.stats.connection is not None:
+            log.warning("%s stream disconnected; alpaca-py reconnects", self.name)
         self.stats.connection = connection
         try:
             close_old_connections()
             if not lease_acquire(name=self.lease_name, holder=self.holder, seconds=self.lease_seconds):
                 return False
-            self._heartbeat(connected)
+            if connected:
+                self._heartbeat(since_now=reconnected)
         except DatabaseError as exc:
             log.error("%s heartbeat not written (%s): %s", self.name, type(exc).__name__, exc)
         return True
+
+    def _failed(self, error: str) -> None:
+        self.stats.errors += 1
+        self.stats.last_error, self.stats.last_error_at = error, timezone.now()
 
     def _caught_up(self) -> None:
         """Events sent while we were disconnected are never sent again: catch up now."""
@@ -160,20 +148,19 @@ class StreamRunner:
         try:
             self.on_connect()
         except Exception as exc:  # the monitor's cycles catch up too; the stream goes on
-            self.stats.errors += 1
-            self.stats.last_error = f"catching up: {type(exc).__name__}: {exc}"
+            self._failed(f"catching up: {type(exc).__name__}: {exc}")
             log.exception("%s: catching up after connecting failed", self.name)
             close_old_connections()
 
-    def _heartbeat(self, connected: bool) -> None:
-        heartbeat, _ = Heartbeat.objects.get_or_create(name=self.name)
-        fields = {"cycles": self.stats.messages, "errors": self.stats.errors, "last_error": self.stats.last_error,
-                  "market_open": None}
-        if connected:
-            fields["finished_at"] = timezone.now()  # the last moment it was known connected
-            if heartbeat.started_at is None or heartbeat.consecutive_error_cycles:
-                fields["started_at"] = timezone.now()
-            fields["consecutive_error_cycles"] = 0
-        elif heartbeat.consecutive_error_cycles == 0 and heartbeat.finished_at is not None:
-            fields["consecutive_error_cycles"] = 1  # one outage under way
-        Heartbeat.objects.filter(pk=heartbeat.pk).update(**fields)
+    def _heartbeat(self, *, since_now: bool) -> None:
+        """started_at: connected since; finished_at: the last moment seen connected; cycles:
+        messages applied."""
+        now = timezone.now()
+        fields = {"finished_at": now, "cycles": self.stats.messages, "errors": self.stats.errors,
+                  "last_error": self.stats.last_error, "market_open": None}
+        if since_now:
+            fields["started_at"] = now
+        if self.stats.last_error_at is not None:
+            fields["last_error_at"] = self.stats.last_error_at
+        if not Heartbeat.objects.filter(name=self.name).update(**fields):
+            Heartbeat.objects.get_or_create(name=self.name, defaults=fields | {"started_at": now})

@@ -26,6 +26,14 @@ def figures() -> Figures:
 
 
 def pytest_terminal_summary(terminalreporter):
+    browser_skips = [report for report in terminalreporter.stats.get("skipped", [])
+                     if "test_browser.py" in report.nodeid]
+    if browser_skips:
+        reason = browser_skips[0].longrepr[2] if isinstance(browser_skips[0].longrepr, tuple) else ""
+        terminalreporter.section("THE BROWSER TEST DID NOT RUN", sep="!", red=True, bold=True)
+        terminalreporter.write_line(f"{len(browser_skips)} browser test(s) skipped: {reason}", red=True, bold=True)
+        terminalreporter.write_line("The console pages were not checked in a browser. Install Debian's Chromium "
+                                    "(apt-get install -y chromium); .ci/run fails on this.", red=True, bold=True)
     if not _COUNTS:
         return
     terminalreporter.section("reliability figures")

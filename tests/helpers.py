@@ -1,5 +1,8 @@
 """Small helpers the test modules share."""
 
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+
 from trading.models import Order, Position, TradingMode
 from risk.entries import submit_bracket_order
 from risk.trading_state import trading_state_set
@@ -46,6 +49,18 @@ def exit_posts(exchange) -> list[dict]:
     return [r for r in exchange.control.requests_log()
             if r["method"] == "POST" and r["path"] == "/v2/orders"
             and str((r["body"] or {}).get("client_order_id", "")).startswith("catalyst-exit-")]
+
+
+def staff_client(username: str, perms: list[str], password: str = "pw-for-tests-only") -> Client:
+    """A logged-in admin client (over HTTPS, as production settings want) of a staff user with
+    just these permissions ("app_label.codename")."""
+    user = User.objects.create_user(username, password=password, is_staff=True)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    client = Client(HTTP_X_FORWARDED_PROTO="https")  # production settings redirect plain HTTP
+    client.force_login(user)
+    return client
 
 
 def token_client(username: str, perms: list[str]):

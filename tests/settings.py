@@ -4,6 +4,9 @@ retries so fault tests don't sleep. Everything else still comes from the environ
 
 import os
 
+# Never a developer's .env (make run leaves one): the results must not depend on it. Set in the
+# environment, so the processes the tests start read none either.
+os.environ["CATALYST_ENV_FILE"] = ""
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789")
 
 from catalyst.settings import *  # noqa: E402,F403

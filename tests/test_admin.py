@@ -6,14 +6,13 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from risk.models import Alert, Heartbeat, RiskEvent
-from tests.helpers import exit_posts, open_bracket
+from tests.helpers import exit_posts, open_bracket, staff_client
 from trading.models import (
     CloseReason,
     Order,
@@ -37,28 +36,14 @@ OPERATOR_PERMS = VIEW_PERMS + ["trading.flatten_positions", "trading.close_posit
                                "trading.change_trading_mode", "trading.change_position"]
 
 
-def _user(username: str, perms: list[str]) -> User:
-    user = User.objects.create_user(username, password="pw-for-tests-only", is_staff=True)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
-
-
-def _client(user: User) -> Client:
-    client = Client(HTTP_X_FORWARDED_PROTO="https")  # production settings redirect plain HTTP
-    client.force_login(user)
-    return client
-
-
 @pytest.fixture
 def operator():
-    return _client(_user("operator", OPERATOR_PERMS))
+    return staff_client("operator", OPERATOR_PERMS)
 
 
 @pytest.fixture
 def viewer():
-    return _client(_user("viewer", VIEW_PERMS))
+    return staff_client("viewer", VIEW_PERMS)
 
 
 @pytest.fixture
@@ -183,12 +168,16 @@ def test_the_count_is_capped_on_huge_tables(operator, monkeypatch):
 
 
 def test_index_shows_the_monitor_the_trading_state_and_the_broker(operator, exchange):
-    Heartbeat.objects.create(name="monitor", finished_at=timezone.now() - timedelta(seconds=12),
-                             positions_checked=4, actions=2, errors=1, last_error="quote feed hiccup", cycles=9)
+    finished = timezone.now() - timedelta(seconds=12)
+    heartbeat = Heartbeat.objects.create(name="monitor", finished_at=finished, positions_checked=4, actions=2, errors=1,
+                                         last_error="quote feed hiccup", last_error_at=finished, cycles=9)
     trading_state_set(mode="REDUCING", reason="earnings week")
     page = operator.get("/admin/").content.decode()
     assert 'id="monitor-box"' in page and "Positions checked: 4" in page and "errors: 1" in page
     assert "quote feed hiccup" in page and re.search(r"\(1[2-4]s ago", page)
+    assert f"Last error at {timezone.localtime(finished):%Y-%m-%d %H:%M:%S}" in page
+    Heartbeat.objects.filter(pk=heartbeat.pk).update(last_error_at=finished - timedelta(hours=1))
+    assert "quote feed hiccup" not in operator.get("/admin/").content.decode()  # an old error is not news
     assert "REDUCING" in page and "earnings week" in page
     assert "PAPER" in page and exchange.url in page  # broker description, header and box
 
@@ -338,10 +327,10 @@ def test_flattening_needs_the_permission_not_just_staff(viewer, exchange):
 
 def test_manual_close_needs_its_permission_and_leaves_trading_alone(exchange):
     position = open_bracket("AAPL")
-    flattener = _client(_user("flattener", VIEW_PERMS + ["trading.flatten_positions"]))
+    flattener = staff_client("flattener", VIEW_PERMS + ["trading.flatten_positions"])
     assert _action(flattener, "close_selected", [position.pk]).status_code == 302  # not allowed: back to list
 
-    closer = _client(_user("closer", VIEW_PERMS + ["trading.close_positions"]))
+    closer = staff_client("closer", VIEW_PERMS + ["trading.close_positions"])
     confirm = _action(closer, "close_selected", [position.pk])
     assert confirm.status_code == 200 and "MANUAL" in confirm.content.decode()
     done = _action(closer, "close_selected", [position.pk], confirmed="yes", token=_token(confirm))
@@ -396,7 +385,7 @@ def test_changing_the_trading_state_needs_the_permission(viewer):
     assert viewer.post(STATE_PAGE, {"mode": "ACTIVE", "reason": "x", "override": "on",
                                     "override_reason": "y"}).status_code == 403
     assert trading_state().mode == TradingMode.HALTED
-    nobody = _client(_user("nobody", []))
+    nobody = staff_client("nobody", [])
     assert nobody.get(STATE_PAGE).status_code == 403
 
 
@@ -456,7 +445,7 @@ def test_the_review_note_is_the_only_thing_an_operator_edits(operator):
 def test_protect_selected_replaces_a_cancelled_stop_with_an_oco(exchange):
     from trading import broker
 
-    client = _client(_user("protector", VIEW_PERMS + ["trading.protect_positions"]))
+    client = staff_client("protector", VIEW_PERMS + ["trading.protect_positions"])
     position = open_bracket()
     stop_leg = position.orders.get(role="stop_loss")
     broker.cancel_order(stop_leg.broker_order_id)  # cancelled by hand at the broker

@@ -5,6 +5,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -33,6 +34,7 @@ ENDPOINTS = [
     ("get", "/api/v1/trading-state", "trading.view_tradingstatechange"),
     ("post", "/api/v1/trading-state", "trading.change_trading_mode"),
     ("get", "/api/v1/monitor", "risk.view_heartbeat"),
+    ("get", "/api/v1/positions/1/timeline", "trading.view_position"),
 ]
 ALL_PERMS = [perm for _, _, perm in ENDPOINTS]
 GOOD_ORDER = {"symbol": "AAPL", "quantity": 1, "side": "buy", "stop_loss": "140", "take_profit": "160"}
@@ -271,7 +273,8 @@ def test_flatten_everything_twice_sends_each_exit_once(exchange, api):
 
     assert first.status_code == 200, first.json()
     body = first.json()
-    assert body["halted"] is True and body["cancelled_orders"] == 4 and body["errors"] == []
+    assert body["halted"] is True and body["halted_now"] is True
+    assert body["cancelled_orders"] == 4 and body["errors"] == []
     results = {r["position"]: r for r in body["results"]}
     assert set(results) == {long.pk, short.pk}
     assert all(r["state"] == "closed" and r["close_reason"] == "EMERGENCY_STOP" for r in results.values())
@@ -282,7 +285,9 @@ def test_flatten_everything_twice_sends_each_exit_once(exchange, api):
 
     second = api.post("/api/v1/positions/flatten", {"confirm": "FLATTEN"}, format="json")
     assert second.status_code == 200
-    assert second.json()["halted"] is False and second.json()["results"] == []  # nothing left open
+    # still halted (not by this call), nothing left open
+    assert second.json()["halted"] is True and second.json()["halted_now"] is False
+    assert second.json()["results"] == []
 
     again = api.post("/api/v1/positions/flatten", {"confirm": "FLATTEN", "positions": [long.pk]}, format="json")
     (result,) = again.json()["results"]
@@ -293,6 +298,10 @@ def test_flatten_everything_twice_sends_each_exit_once(exchange, api):
         [f"catalyst-exit-{long.pk}-0", f"catalyst-exit-{short.pk}-0"])
     assert {r["body"]["side"] for r in exits} == {"sell", "buy"}
     assert TradingStateChange.objects.filter(mode=TradingMode.HALTED).count() == 1
+    # the admin's History of each position, and the halt, say who did it through the API
+    history = {(e.object_id, e.change_message) for e in LogEntry.objects.filter(user__username="operator")}
+    assert (str(long.pk), "Emergency flatten (EMERGENCY_STOP): closed at 149.9900 (EMERGENCY_STOP)") in history
+    assert (str(state.pk), "Trading set to HALTED: emergency flatten by operator") in history
 
 
 def test_flatten_selected_leaves_the_othersopen_bracket(exchange, api):
@@ -410,3 +419,26 @@ def test_swagger_ui_is_served_without_a_cdn(api):
     page = response.content.decode()
     assert "drf_spectacular_sidecar/swagger-ui-dist" in page
     assert "cdn." not in page and "unpkg" not in page
+
+
+# --- Paths and modes as callers type them ---------------------------------------------------------
+
+
+def test_a_trailing_slash_or_an_unknown_path_is_a_json_404(api):
+    response = api.get("/api/v1/positions/")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "No such API endpoint. The endpoint is /api/v1/positions (no trailing slash)."}
+    for path in ("/api/v1/nothing-here", "/api/v2/positions", "/api/v1/positions/flatten/", "/api/"):
+        response = api.post(path, {}, format="json")
+        assert response.status_code == 404 and "detail" in response.json(), path
+    assert _client(None).get("/api/v1/positions/").status_code == 401  # no probing without credentials
+
+
+def test_the_mode_is_taken_in_any_case_and_a_bad_one_lists_the_valid_ones(api):
+    response = api.post("/api/v1/trading-state", {"mode": "halted", "reason": "lunch"}, format="json")
+    assert response.status_code == 200 and response.json()["state"]["mode"] == "HALTED"
+    assert api.post("/api/v1/trading-state", {"mode": "Reducing", "reason": "x"}, format="json").status_code == 200
+    response = api.post("/api/v1/trading-state", {"mode": "PANIC", "reason": "x"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"mode": ["'PANIC' is not a trading mode; give one of ACTIVE, HALTED, REDUCING."]}
+    assert TradingStateChange.objects.filter(mode=TradingMode.HALTED).exists()

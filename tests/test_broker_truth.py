@@ -111,7 +111,7 @@ def test_broker_side_changes_are_seen_at_the_next_cycle_without_the_stream(excha
                                                                   stop_loss="390", take_profit="410")
     broker.cancel_order(leg(cancelled, OrderRole.STOP_LOSS).broker_order_id)
     exchange.control.fill_order(leg(filled, OrderRole.STOP_LOSS).broker_order_id, price="389.50")
-    assert not stream_status().healthy
+    assert stream_status().stale
     monitor_cycle()
     assert Position.objects.get(pk=cancelled.pk).protection == Protection.UNPROTECTED
     assert not protection_summary().protected

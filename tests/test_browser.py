@@ -1,8 +1,9 @@
 """The console in a real browser: headless Chromium (Debian's, via Playwright's Python sync
 API) against pytest-django's live server and the paper exchange.
 
-Log in, see the monitor on the index, flatten one position through the confirmation page,
-see it closed with EMERGENCY_STOP. With CATALYST_SCREENSHOTS=1 the main screens are saved
+Log in, see the monitor on the index, watch the live board follow a price moved on the
+exchange (refreshed in place, no reload), flatten one position through the confirmation page,
+see it closed with EMERGENCY_STOP, read its timeline, see the charts drawn. With CATALYST_SCREENSHOTS=1 the main screens are saved
 to docs/screenshots/ (otherwise to the test's temporary folder).
 """
 
@@ -32,10 +33,17 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
 
-pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="playwright (Python package) is not installed"),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium)"),
-]
+MISSING = ("playwright (Python package) is not installed" if sync_playwright is None
+           else "/usr/bin/chromium is missing (apt-get install chromium)" if not CHROMIUM.exists() else "")
+if MISSING and os.environ.get("CATALYST_REQUIRE_BROWSER") == "1":  # .ci/run: a skip would hide the pages
+    pytestmark = [pytest.mark.usefixtures("_browser_required")]
+else:
+    pytestmark = [pytest.mark.skipif(bool(MISSING), reason=MISSING)]
+
+
+@pytest.fixture
+def _browser_required():
+    pytest.fail(f"the browser test must run here (CATALYST_REQUIRE_BROWSER=1): {MISSING}")
 
 
 @pytest.fixture
@@ -88,6 +96,13 @@ def _history() -> None:
                                 protection=Protection.PROTECTED)
 
 
+def _fits(page, selector: str) -> None:
+    """The table fits the 1400 px window, and its box: no column hidden behind a sideways scroll."""
+    right, hidden = page.evaluate(f"""() => {{ const t = document.querySelector('{selector}');
+        return [t.getBoundingClientRect().right, t.scrollWidth - t.parentElement.clientWidth]; }}""")
+    assert right <= 1400 and hidden <= 0, f"{selector}: right edge {right:.0f} px, {hidden} px hidden"
+
+
 def _shot(page, folder: Path, name: str) -> None:
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
@@ -100,7 +115,7 @@ def test_operator_flattens_one_position_in_the_browser(console, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(viewport={"width": 1800, "height": 1000},
+            context = browser.new_context(viewport={"width": 1400, "height": 900},  # an operator's screen
                                           extra_http_headers={"X-Forwarded-Proto": "https"})
             page = context.new_page()
 
@@ -121,7 +136,22 @@ def test_operator_flattens_one_position_in_the_browser(console, tmp_path):
 
             page.goto(f"{url}/admin/trading/position/")
             expect(page.locator("#result_list")).to_contain_text("AAPL")
+            _fits(page, "#result_list")
             _shot(page, folder, "positions")
+
+            # the live board follows the exchange's price without a reload
+            page.goto(f"{url}/admin/trading/position/board/")
+            price = page.locator(f"#board-row-{long.pk} .board-price")
+            expect(price).to_have_text("150.00")
+            page.evaluate("window.notReloaded = true")
+            console["exchange"].control.set_quote("AAPL", "154.99", "155.01")  # what paperquote does
+            expect(price).to_have_text("155.00", timeout=15000)
+            assert page.evaluate("window.notReloaded === true")
+            expect(page.locator(f"#board-row-{long.pk} .board-to-stop")).to_contain_text("15.00")
+            expect(page.locator("#board-symbol-MSFT")).to_contain_text("-5")
+            _fits(page, "#board-positions")
+            _shot(page, folder, "board")
+            console["exchange"].control.set_quote("AAPL", "149.99", "150.01")
 
             page.goto(f"{url}/admin/trading/position/close-reasons/")
             expect(page.locator("#close-reasons")).to_contain_text("Stop-loss hit")
@@ -154,6 +184,28 @@ def test_operator_flattens_one_position_in_the_browser(console, tmp_path):
             expect(rows.filter(has_text="AAPL")).to_have_count(1)
             expect(rows.filter(has_text="AAPL")).to_contain_text("EMERGENCY_STOP")
 
+            # its timeline, from its page
+            page.goto(f"{url}/admin/trading/position/{long.pk}/change/")
+            page.click("#timeline-link")
+            timeline = page.locator("#timeline")
+            for step in ("Entry filled", "Stop-loss leg canceled", "Exit filled", "Emergency flatten: exit sent",
+                         "operator: Emergency flatten", "Position closed"):
+                expect(timeline).to_contain_text(step)
+            _shot(page, folder, "timeline")
+
+            # the charts are drawn (Chart.js from the static files)
+            page.goto(f"{url}/admin/trading/position/charts/")
+            page.wait_for_function("document.getElementById('chart-exits').chart !== undefined")
+            drawn = page.evaluate("""() => { const c = document.getElementById('chart-pnl');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0; for (let i = 3; i < d.length; i += 4) { if (d[i]) n++; } return n; }""")
+            assert drawn > 1000, drawn  # pixels painted, not an empty canvas
+            _shot(page, folder, "charts")
+
+            page.goto(f"{url}/admin/risk/riskevent/")
+            _fits(page, "#result_list")
+            _shot(page, folder, "risk_events")
+
         finally:
             browser.close()
 
@@ -169,3 +221,28 @@ def test_operator_flattens_one_position_in_the_browser(console, tmp_path):
 def console_requests(console) -> list[dict]:
     log = console["exchange"].control.requests_log()
     return [r for r in log if r["method"] == "POST" and r["path"] == "/v2/orders" and isinstance(r["body"], dict)]
+
+
+def test_a_locked_out_login_gets_the_consoles_page(transactional_db, live_server, settings, tmp_path):
+    folder = SCREENSHOTS if os.environ.get("CATALYST_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    settings.AXES_ENABLED = True
+    settings.CSRF_TRUSTED_ORIGINS = [live_server.url]
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    User.objects.create_user("operator", password=PASSWORD, is_staff=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 700},
+                                       extra_http_headers={"X-Forwarded-Proto": "https"}).new_page()
+            for _ in range(settings.AXES_FAILURE_LIMIT):
+                page.goto(f"{live_server.url}/admin/login/?next=/admin/")
+                page.fill("#id_username", "operator")
+                page.fill("#id_password", "not the password")
+                page.click("input[type=submit]")
+            lockout = page.locator("#lockout")
+            expect(lockout).to_contain_text(f"locked out for {round(settings.AXES_COOLOFF_TIME * 60)} minutes")
+            expect(lockout).to_contain_text("manage.py axes_reset_username operator")
+            _shot(page, folder, "lockout")
+        finally:
+            browser.close()

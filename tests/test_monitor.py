@@ -9,11 +9,11 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from risk import closing
-from risk.models import Heartbeat, RiskEvent
+from risk.models import EXIT_ALERT_KINDS, Alert, AlertKind, Heartbeat, RiskEvent
 from risk.closing import position_close
 from risk.monitor import monitor_cycle
 from risk.rules import trigger_reason
-from trading.models import CloseReason, OrderRole, OrderStatus, Position, PositionStatus
+from trading.models import CloseReason, Closer, OrderRole, OrderStatus, Position, PositionStatus
 from risk.entries import BracketNotProtected, submit_bracket_order
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("active")]  # `exchange`: tests/conftest.py
@@ -80,6 +80,10 @@ def test_long_stop_crossed_sells_once_and_closes_from_the_fill(exchange):
     assert kinds[-4:] == ["triggered", "exit_sent", "exit_filled", "closed"] or kinds[-3:] == ["exit_sent", "exit_filled", "closed"]
     assert "triggered" in kinds
     assert exchange.control.state()["positions"] in ({}, [])
+    # the safety net fired, and the alert says so (and who fired it)
+    assert position.closed_by == Closer.MONITOR and position.updated_at >= position.closed_at
+    (alert,) = Alert.objects.filter(position=position, kind__in=EXIT_ALERT_KINDS.values())
+    assert alert.kind == AlertKind.FALLBACK_EXIT and alert.message.startswith("Fallback exit by the monitor for ")
 
     monitor_cycle()  # nothing more to do: never a second exit
     assert len(exits_sent(exchange)) == 1
@@ -298,13 +302,16 @@ def test_missing_quote_is_skipped(exchange):
 
 def test_manual_close_twice_sends_one_exit(exchange):
     position = unprotected(exchange)
-    first = position_close(position=position, reason=CloseReason.MANUAL)
-    second = position_close(position=position, reason=CloseReason.MANUAL)
+    first = position_close(position=position, reason=CloseReason.MANUAL, by=Closer.OPERATOR)
+    second = position_close(position=position, reason=CloseReason.MANUAL, by=Closer.OPERATOR)
     assert first.state == "closed" and second.state == "skipped"
     assert len(exits_sent(exchange)) == 1
     position.refresh_from_db()
     assert position.close_reason == CloseReason.MANUAL
     assert position.exit_price == Decimal("149.99")
+    assert position.closed_by == Closer.OPERATOR
+    exit_alerts = Alert.objects.filter(position=position, kind__in=EXIT_ALERT_KINDS.values())
+    assert list(exit_alerts.values_list("kind", flat=True)) == [AlertKind.OPERATOR_CLOSE]
 
 
 def test_exit_rejected_stays_closing_and_is_retried_next_cycle(exchange):
@@ -341,9 +348,12 @@ def test_exit_not_filled_within_the_cycle_stays_closing_until_it_fills(exchange)
     assert len(exits_sent(exchange)) == 1
 
 
-def test_runmonitor_once_exit_codes(exchange, capsys):
-    call_command("runmonitor", "--once")
-    assert "cycle checked=" in capsys.readouterr().out
+def test_runmonitor_once_exit_codes(exchange, caplog):
+    with caplog.at_level("INFO", logger="risk.monitor"):
+        call_command("runmonitor", "--once")
+    payloads = [r.payload for r in caplog.records if hasattr(r, "payload")]
+    assert [p["event"] for p in payloads].count("cycle") == 1
+    assert "interval_seconds" not in payloads[0] and payloads[0]["event"] == "monitor_started"
 
     exchange.control.add_fault("http_500")
     with pytest.raises(CommandError, match="error"):

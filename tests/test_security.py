@@ -61,6 +61,11 @@ DOCS = {"api/schema/", "api/docs/"}
 STAFF_WITHOUT_PERMISSIONS_MAY_OPEN = {"admin/", "admin/password_change/", "admin/password_change/done/",
                                       "admin/jsi18n/"}
 
+# Any other /api/ path: the API's JSON 404, after the same 401 for anonymous callers.
+API_NOT_FOUND = "^api/"
+# Prometheus metrics: a bearer token (METRICS_TOKEN) or an allowed address; nobody by default.
+METRICS = "metrics"
+
 API_METHODS = ["get", "post", "put", "patch", "delete", "head", "options"]
 ADMIN_METHODS = ["get", "post"]
 
@@ -196,6 +201,20 @@ def test_every_url_refuses_anonymous_and_users_without_permissions(rows, figures
                     response = getattr(client, method)(url)
                     if response.status_code != 403:
                         wrong.append(f"{method.upper()} {url} ({who}, no permissions): {response.status_code}")
+        elif route == API_NOT_FOUND:
+            for method in API_METHODS:
+                if getattr(anonymous, method)(url).status_code != 401:
+                    open_to_anonymous.append(f"{method.upper()} {url}")
+                    open_urls.add(url)
+                response = getattr(nobody_token, method)(url)
+                if response.status_code != 404 or (method != "head" and "detail" not in response.json()):
+                    wrong.append(f"{method.upper()} {url} (no permissions): {response.status_code}, not a JSON 404")
+        elif route == METRICS:
+            for method in ("get", "post"):
+                for client in (anonymous, nobody_session, staff_session):
+                    if getattr(client, method)(url).status_code not in (401, 403):
+                        open_to_anonymous.append(f"{method.upper()} {url}")
+                        open_urls.add(url)
         elif route in DOCS:
             for method in ("get", "post", "options"):
                 response = getattr(anonymous, method)(url)
@@ -335,6 +354,10 @@ def test_bad_admin_logins_lock_the_username_out(settings):
 
     locked = client.post("/admin/login/?next=/admin/", {"username": "operator", "password": PASSWORD})
     assert locked.status_code == 429
+    page = locked.content.decode()  # the console's page: how long, and how to unlock
+    assert 'id="lockout"' in page and "Catalyst Ops Console" in page
+    assert f"for {round(settings.AXES_COOLOFF_TIME * 60)} minutes" in page
+    assert "manage.py axes_reset_username operator" in page
     assert "_auth_user_id" not in client.session
     assert client.get("/admin/")["Location"].startswith("/admin/login/")
     # The lock is on that username from that address: a colleague can still log in.

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
 
@@ -30,6 +30,7 @@ from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeIn
 from alpaca.trading.requests import (
     GetOrderByIdRequest,
     GetOrdersRequest,
+    GetPortfolioHistoryRequest,
     LimitOrderRequest,
     MarketOrderRequest,
     StopLossRequest,
@@ -37,6 +38,7 @@ from alpaca.trading.requests import (
 )
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
+from prometheus_client import Counter
 
 from .models import FINAL_ORDER_STATUSES, OrderStatus
 from .redaction import scrub, scrub_data
@@ -125,6 +127,21 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class EquityPoint:
+    time: datetime
+    equity: Decimal
+    profit_loss: Decimal | None
+    profit_loss_pct: Decimal | None  # a fraction, as Alpaca gives it (0.01 = 1 %)
+
+
+@dataclass(frozen=True)
+class PortfolioHistory:
+    timeframe: str
+    base_value: Decimal | None
+    points: tuple[EquityPoint, ...]
+
+
+@dataclass(frozen=True)
 class Clock:
     is_open: bool
     timestamp: datetime | None
@@ -191,20 +208,29 @@ def describe() -> str:
     return f"Alpaca {mode} trading{where}"
 
 
+# Every failed call, by HTTP status ("429", "404"...) or "timeout", "unreachable", "unreadable";
+# /metrics shows it (summed over the processes with PROMETHEUS_MULTIPROC_DIR). A 404 or 422 can
+# be an ordinary answer ("no position": flat; "already final" on a cancel).
+BROKER_ERRORS = Counter("catalyst_broker_errors", "Broker calls that failed, by HTTP status or failure", ["status"])
+
+
 def _call(what: str, fn, *args):
-    """Run one alpaca-py call, turning every failure into a BrokerError with a readable message."""
+    """Run one alpaca-py call, turning every failure into a BrokerError with a readable message
+    (and counting it in BROKER_ERRORS)."""
     try:
         return fn(*args)
     except APIError as exc:
-        raise _api_error(what, exc) from None
+        error, label = _api_error(what, exc), str(exc.status_code)
     except requests.exceptions.JSONDecodeError:
-        raise BrokerDataError(f"{what}: broker answered with a body that is not JSON") from None
+        error, label = BrokerDataError(f"{what}: broker answered with a body that is not JSON"), "unreadable"
     except requests.Timeout:
-        raise BrokerError(f"{what}: broker did not answer within {settings.BROKER_TIMEOUT_SECONDS}s") from None
+        error, label = BrokerError(f"{what}: broker did not answer within {settings.BROKER_TIMEOUT_SECONDS}s"), "timeout"
     except requests.RequestException as exc:
-        raise BrokerError(f"{what}: broker unreachable ({type(exc).__name__})") from None
+        error, label = BrokerError(f"{what}: broker unreachable ({type(exc).__name__})"), "unreachable"
     except (ValueError, KeyError, TypeError) as exc:  # alpaca-py choking on a malformed body
-        raise BrokerDataError(f"{what}: unreadable broker response ({exc})") from None
+        error, label = BrokerDataError(f"{what}: unreadable broker response ({exc})"), "unreadable"
+    BROKER_ERRORS.labels(status=label).inc()
+    raise error from None
 
 
 def _api_error(what: str, exc: APIError) -> BrokerError:
@@ -548,6 +574,45 @@ def clock() -> Clock:
         next_open=_dt(raw.get("next_open")),
         next_close=_dt(raw.get("next_close")),
     )
+
+
+PORTFOLIO_PERIODS = ("1D", "1W", "1M", "3M", "6M", "1A")
+PORTFOLIO_TIMEFRAMES = ("1Min", "5Min", "15Min", "1H", "1D")
+
+
+def _epoch(value, name: str) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BrokerDataError(f"portfolio history has {name}={value!r}, not a Unix time")
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise BrokerDataError(f"portfolio history has {name}={value!r}, out of range") from None
+
+
+def portfolio_history(*, period: str = "1M", timeframe: str = "1D") -> PortfolioHistory:
+    """The account's equity over `period` at `timeframe` (GET /v2/account/portfolio/history).
+    Points without an equity (days with no data) are left out; lists of unequal length or
+    values that are not numbers are a BrokerDataError."""
+    if period not in PORTFOLIO_PERIODS or timeframe not in PORTFOLIO_TIMEFRAMES:
+        raise ValueError(f"period must be one of {PORTFOLIO_PERIODS} and timeframe one of {PORTFOLIO_TIMEFRAMES}")
+    request = GetPortfolioHistoryRequest(period=period, timeframe=timeframe)
+    raw = _call("portfolio history", _trading().get_portfolio_history, request)
+    if not isinstance(raw, dict):
+        raise BrokerDataError("portfolio history: broker answered with something other than an object")
+    times = raw.get("timestamp") or []
+    series = {name: raw.get(name) or [None] * len(times) for name in ("equity", "profit_loss", "profit_loss_pct")}
+    if not isinstance(times, list) or any(not isinstance(v, list) or len(v) != len(times) for v in series.values()):
+        raise BrokerDataError("portfolio history: timestamp, equity and profit_loss are not lists of one length")
+    points = []
+    for i, stamp in enumerate(times):
+        equity = _dec(series["equity"][i], "equity")
+        if equity is None:
+            continue
+        points.append(EquityPoint(time=_epoch(stamp, "timestamp"), equity=equity,
+                                  profit_loss=_dec(series["profit_loss"][i], "profit_loss"),
+                                  profit_loss_pct=_dec(series["profit_loss_pct"][i], "profit_loss_pct")))
+    return PortfolioHistory(timeframe=str(raw.get("timeframe") or timeframe),
+                            base_value=_dec(raw.get("base_value"), "base_value"), points=tuple(points))
 
 
 # --- The trade_updates stream ----------------------------------------------------------------

@@ -5,6 +5,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 from django.db.models import Case, DecimalField, ExpressionWrapper, F, Q, When
+from django.utils import timezone
 
 PRICE = {"max_digits": 18, "decimal_places": 4}
 EXIT_CLIENT_ORDER_PREFIX = "catalyst-exit-"
@@ -47,6 +48,18 @@ class CloseReason(models.TextChoices):
     REDUCED = "REDUCED", "Reduced by the trading service"
 
 
+class Closer(models.TextChoices):
+    """Who claimed a position for closing (the claim's owner, kept after the lock is gone)."""
+
+    MONITOR = "monitor", "The fallback monitor"
+    OPERATOR = "operator", "An operator (manual close)"
+    FLATTEN = "flatten", "An emergency flatten"
+    PROTECTION = "protection", "The protection audit"
+    RECONCILE = "reconcile", "Reconciliation"
+    BROKER = "broker", "The broker (its own orders filled)"
+    GATE = "gate", "The trading service (a reduce through the order gate)"
+
+
 class Protection(models.TextChoices):
     UNKNOWN = "unknown"
     PROTECTED = "protected"
@@ -54,6 +67,11 @@ class Protection(models.TextChoices):
 
 
 class PositionQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        """`updated_at` moves with every change: a queryset update() skips auto_now."""
+        kwargs.setdefault("updated_at", timezone.now())
+        return super().update(**kwargs)
+
     def open(self):
         return self.filter(status=PositionStatus.OPEN)
 
@@ -98,6 +116,8 @@ class Position(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
     exit_price = models.DecimalField(**PRICE, null=True, blank=True)
     close_reason = models.CharField(max_length=255, choices=CloseReason.choices, null=True, blank=True)
+    closed_by = models.CharField(max_length=10, choices=Closer.choices, blank=True,
+                                 help_text="Who claimed it for closing; blank while open.")
     entry_order = models.OneToOneField(
         "Order", null=True, blank=True, on_delete=models.PROTECT, related_name="entry_for"
     )

@@ -102,8 +102,9 @@ class CloseReasonRow:
     close_reason: str
     label: str
     count: int
+    priced: int  # closed with an exit price: the ones with a P&L
     total_pnl: Decimal
-    average_pnl: Decimal
+    average_pnl: Decimal | None  # over `priced`; None when none has a P&L
 
 
 def period_bounds(*, start: date, end: date) -> tuple[datetime, datetime]:
@@ -122,13 +123,15 @@ def default_period(*, today: date | None = None) -> tuple[date, date]:
 
 def close_reason_summary(*, start: date, end: date) -> list[CloseReasonRow]:
     """Closed positions per close_reason, closed within [start, end] (whole days): count,
-    total and average realised P&L. One aggregate query."""
+    total and average realised P&L, the average over the positions that have one (closed
+    without an exit price, a position has no P&L). One aggregate query."""
     lower, upper = period_bounds(start=start, end=end)
     rows = (
         Position.objects.with_pnl()
         .filter(status=PositionStatus.CLOSED, closed_at__gte=lower, closed_at__lt=upper)
         .values("close_reason")
-        .annotate(count=Count("pk"), total_pnl=Sum("pnl"))  # the average is total / count: P&L worked out once a row
+        # the average is total / priced: P&L worked out once a row
+        .annotate(count=Count("pk"), priced=Count("exit_price"), total_pnl=Sum("pnl"))
         .order_by("close_reason")
     )
     labels = dict(Position._meta.get_field("close_reason").choices)
@@ -137,17 +140,26 @@ def close_reason_summary(*, start: date, end: date) -> list[CloseReasonRow]:
     for row in rows:
         reason = row["close_reason"] or ""
         total = Decimal(row["total_pnl"] or 0)
-        average = total / row["count"] if row["count"] else Decimal(0)
+        average = (total / row["priced"]).quantize(cent) if row["priced"] else None
         result.append(
             CloseReasonRow(
                 close_reason=reason,
                 label=labels.get(reason, reason or "(none)"),
                 count=row["count"],
+                priced=row["priced"],
                 total_pnl=total.quantize(cent),
-                average_pnl=average.quantize(cent),
+                average_pnl=average,
             )
         )
     return result
+
+
+def positions_closed_by_reason() -> dict[str, int]:
+    """How many positions were closed, per close_reason ("" for none). One aggregate query,
+    read from the close-review index."""
+    rows = (Position.objects.filter(status=PositionStatus.CLOSED).values("close_reason")
+            .annotate(count=Count("pk")).order_by("close_reason"))
+    return {row["close_reason"] or "": row["count"] for row in rows}
 
 
 def trading_state() -> TradingStateChange:

@@ -24,6 +24,7 @@ TOKENS_SESSION_KEY = "catalyst_confirm_tokens"
 admin.site.site_header = "Catalyst Ops Console"
 admin.site.site_title = "Catalyst Ops Console"
 admin.site.index_title = "Are we protected?"
+admin.site.enable_nav_sidebar = False  # the tables get the width (positions, risk events: 1400 px screens)
 
 
 class CappedCountPaginator(Paginator):

@@ -8,6 +8,7 @@ from django.utils.html import format_html
 from trading.models import Order
 
 from .base import ReadOnlyAdmin, ReadOnlyInline, change_link
+from .export import CsvExportMixin, OrderResource
 
 ORDER_COLUMNS = ("order_link", "role", "side", "type", "qty", "limit_price", "stop_price", "status", "filled_qty",
                  "filled_avg_price", "parent_link", "broker_order_id", "client_order_id")
@@ -51,7 +52,8 @@ class LegInline(OrderColumns, ReadOnlyInline):
 
 
 @admin.register(Order)
-class OrderAdmin(OrderColumns, ReadOnlyAdmin):
+class OrderAdmin(CsvExportMixin, OrderColumns, ReadOnlyAdmin):
+    resource_classes = [OrderResource]
     list_display = ("id", "role", "symbol", "side", "qty", "type", "order_class", "status", "filled_qty",
                     "filled_avg_price", "position_link", "parent_link", "legs_summary", "created_at")
     list_filter = ("status", "role", "order_class", "side")

@@ -17,6 +17,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
@@ -37,6 +39,9 @@ from trading.selectors import (
     period_bounds,
 )
 
+from ..audit import flatten_history, history_record
+from . import live
+from .export import CsvExportMixin, PositionResource
 from .base import (
     CappedCountPaginator,
     ReadOnlyInline,
@@ -97,9 +102,12 @@ class PeriodForm(forms.Form):
 
 
 @admin.register(Position)
-class PositionAdmin(admin.ModelAdmin):
-    list_display = ("id", "symbol", "side", "qty", "entry_price", "stop_loss", "take_profit", "status",
-                    "reason", "exit_price", "realised_pnl", "protection_badge", "opened_at", "closed_at")
+class PositionAdmin(CsvExportMixin, admin.ModelAdmin):
+    resource_classes = [PositionResource]
+    import_export_change_list_template = "admin/trading/position/change_list.html"  # the console's, with Export
+    # Fits a 1400 px screen: the levels, the status and the times share columns.
+    list_display = ("id", "symbol", "side", "qty", "levels", "status_reason", "exit_price", "realised_pnl",
+                    "protection_badge", "times")
     list_display_links = ("id", "symbol")
     list_filter = ("status", "side", "close_reason", "protection", "is_test", "needs_review")
     date_hierarchy = "closed_at"
@@ -110,20 +118,22 @@ class PositionAdmin(admin.ModelAdmin):
     list_per_page = 100
     ordering = ("-id",)
     # Only indexed columns sort: sorting a million rows by price or P&L would scan them all.
-    sortable_by = ("id", "symbol", "closed_at")
+    sortable_by = ("id", "symbol", "times")  # times: by closed_at
     actions = ("flatten_selected", "close_selected", "protect_selected")
     inlines = (PositionOrderInline, PositionRiskEventInline)
     fieldsets = (
         (None, {"fields": ("symbol", "side", "quantity", "status", "protection", "protection_checked_at")}),
         ("Prices", {"fields": ("entry_price", "stop_loss", "take_profit", "exit_price", "realised_pnl")}),
-        ("Lifecycle", {"fields": ("opened_at", "closed_at", "close_reason", "entry_order_link", "is_test", "adopted",
+        ("Lifecycle", {"fields": ("opened_at", "closed_at", "close_reason", "closed_by", "entry_order_link", "is_test",
+                                  "adopted",
                                   "lock_owner", "locked_until", "updated_at")}),
         ("Review", {"fields": ("needs_review", "review_note")}),
     )
     # Broker-derived fields are never edited by hand: only the review flag and note are.
     readonly_fields = ("symbol", "side", "quantity", "status", "protection", "protection_checked_at", "entry_price",
                        "stop_loss", "take_profit", "exit_price", "realised_pnl", "opened_at", "closed_at",
-                       "close_reason", "entry_order_link", "is_test", "adopted", "lock_owner", "locked_until",
+                       "close_reason", "closed_by", "entry_order_link", "is_test", "adopted", "lock_owner",
+                       "locked_until",
                        "updated_at")
 
     def get_queryset(self, request):
@@ -155,11 +165,21 @@ class PositionAdmin(admin.ModelAdmin):
     def qty(self, obj: Position) -> str:
         return f"{obj.quantity.normalize():f}"
 
-    @admin.display(description="close reason", ordering="close_reason")
-    def reason(self, obj: Position) -> str:
+    @admin.display(description="entry · stop · target")
+    def levels(self, obj: Position) -> str:
+        return " · ".join("-" if v is None else f"{v:.2f}" for v in (obj.entry_price, obj.stop_loss, obj.take_profit))
+
+    @admin.display(description="status / close reason")
+    def status_reason(self, obj: Position) -> str:
         if not obj.close_reason:
-            return "-"
-        return format_html('<span title="{}">{}</span>', obj.get_close_reason_display(), obj.close_reason)
+            return obj.status
+        return format_html('{}<br><span title="{}">{}</span>', obj.status, obj.get_close_reason_display(),
+                           obj.close_reason)
+
+    @admin.display(description="opened / closed", ordering="closed_at")
+    def times(self, obj: Position) -> str:
+        return format_html("{}<br>{}", date_format(timezone.localtime(obj.opened_at), "DATETIME_FORMAT"),
+                           date_format(timezone.localtime(obj.closed_at), "DATETIME_FORMAT") if obj.closed_at else "-")
 
     @admin.display(description="realised P&L", ordering="pnl")
     def realised_pnl(self, obj: Position) -> str:
@@ -173,8 +193,10 @@ class PositionAdmin(admin.ModelAdmin):
 
     @admin.display(description="protection", ordering="protection")
     def protection_badge(self, obj: Position) -> str:
-        if obj.status != PositionStatus.OPEN:
-            return obj.protection if obj.status == PositionStatus.CLOSED else f"{obj.protection} (closing)"
+        if obj.status == PositionStatus.CLOSED:
+            return "-"  # nothing left to protect
+        if obj.status == PositionStatus.CLOSING:
+            return "closing"
         live_stop = getattr(obj, "has_live_stop", None)
         if obj.protection == Protection.UNPROTECTED or live_stop is False:
             why = "UNPROTECTED" if obj.protection == Protection.UNPROTECTED else "NO LIVE STOP"
@@ -194,6 +216,10 @@ class PositionAdmin(admin.ModelAdmin):
             path("close-reasons/", view(self.close_reasons_view), name="%s_%s_close_reasons" % info),
             path("flatten/", view(self.flatten_everything_view), name="%s_%s_flatten" % info),
             path("results/", view(self.close_results_view), name="%s_%s_close_results" % info),
+            path("board/", view(lambda request: live.board_view(self, request)), name="%s_%s_board" % info),
+            path("charts/", view(lambda request: live.charts_view(self, request)), name="%s_%s_charts" % info),
+            path("<path:object_id>/timeline/", view(lambda request, object_id: live.timeline_view(self, request, object_id)),
+                 name="%s_%s_timeline" % info),
         ] + super().get_urls()
 
     def changelist_view(self, request, extra_context=None):
@@ -227,7 +253,8 @@ class PositionAdmin(admin.ModelAdmin):
         for row in rows:
             reason = {"close_reason__exact": row.close_reason} if row.close_reason else {"close_reason__isnull": "True"}
             linked.append({"row": row, "url": f"{changelist}?{urlencode({**reason, **period})}"})
-        totals = {"count": sum(r.count for r in rows), "total_pnl": sum((r.total_pnl for r in rows), start=0)}
+        totals = {"count": sum(r.count for r in rows), "priced": sum(r.priced for r in rows),
+                  "total_pnl": sum((r.total_pnl for r in rows), start=0)}
         return TemplateResponse(request, "admin/trading/position/close_reasons.html", self._context(
             request, title="Close-reason review", form=form, rows=linked, start=start, end=end, totals=totals,
             all_url=f"{changelist}?{urlencode(period)}",
@@ -268,6 +295,7 @@ class PositionAdmin(admin.ModelAdmin):
             if not confirmation_token_use(request, request.POST.get("token")):
                 return self._already_used(request)
             result = flatten(user=request.user, positions=ids)
+            flatten_history(user=request.user, result=result)
             notes = ["Trading set to HALTED." if result.halted else "Trading was already HALTED."] + result.errors
             return self._results_redirect(request, title="Emergency flatten: results", outcomes=result.outcomes,
                                           notes=notes)
@@ -282,6 +310,8 @@ class PositionAdmin(admin.ModelAdmin):
             if not confirmation_token_use(request, request.POST.get("token")):
                 return self._already_used(request)
             outcomes = close_manually(user=request.user, positions=ids)
+            history_record(user=request.user, entries=[(o.position, f"Manual close (MANUAL): {outcome_summary(o)}")
+                                                       for o in outcomes])
             return self._results_redirect(request, title="Manual close: results", outcomes=outcomes, notes=[])
         return self._confirmation(request, title="Close selected positions (MANUAL)",
                                   preview=close_preview(positions=ids), action="close_selected", reason="MANUAL",
@@ -291,6 +321,7 @@ class PositionAdmin(admin.ModelAdmin):
                   permissions=["protect"])
     def protect_selected(self, request, queryset):
         results = protection_audit(positions=list(queryset.values_list("pk", flat=True)))
+        history_record(user=request.user, entries=[(r.position, f"Protect: {r.line()}") for r in results])
         for result in results:
             failed = result.action in (ProtectionAction.FAILED, ProtectionAction.ALERTED) or \
                 result.protection == Protection.UNPROTECTED
@@ -308,6 +339,7 @@ class PositionAdmin(admin.ModelAdmin):
                 if not confirmation_token_use(request, form.cleaned_data["token"]):
                     return self._already_used(request)
                 result = flatten(user=request.user, positions=None)
+                flatten_history(user=request.user, result=result)
                 notes = ["Trading set to HALTED." if result.halted else "Trading was already HALTED."]
                 if result.cancelled_orders is not None:
                     notes.append(f"The broker cancelled {result.cancelled_orders} open orders.")

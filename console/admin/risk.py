@@ -34,16 +34,16 @@ class RiskEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="message")
     def short_message(self, obj: RiskEvent) -> str:
-        return obj.message if len(obj.message) <= 120 else obj.message[:117] + "..."
+        return obj.message if len(obj.message) <= 90 else obj.message[:87] + "..."
 
 
 @admin.register(Alert)
 class AlertAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "kind", "position_link", "message", "email_status", "webhook_status", "attempts",
+    list_display = ("created_at", "kind", "position_link", "message", "email_status", "apprise_status", "attempts",
                     "last_error")
-    list_filter = ("kind", "email_status", "webhook_status")
+    list_filter = ("kind", "email_status", "apprise_status")
     ordering = ("-created_at", "-id")
-    readonly_fields = ("created_at", "kind", "position_link", "message", "email_status", "webhook_status",
+    readonly_fields = ("created_at", "kind", "position_link", "message", "email_status", "apprise_status",
                        "attempts", "last_error")
     fields = readonly_fields
 

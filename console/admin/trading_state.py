@@ -13,6 +13,7 @@ from trading.models import TradingMode, TradingStateChange
 from trading.selectors import trading_state_history
 from trading.validation import OrderValidationError
 
+from ..audit import history_add
 from .base import ReadOnlyAdmin, console_status
 
 TRADING_MODE_PERM = "trading.change_trading_mode"
@@ -68,6 +69,7 @@ class TradingStateChangeAdmin(ReadOnlyAdmin):
                 for field, message in exc.errors.items():
                     form.add_error(field if field in form.fields else None, message)
             else:
+                history_add(user=request.user, obj=change, message=f"Trading set to {change.mode}: {change.reason}")
                 self.message_user(request, f"Trading is now {change.mode}: {change.reason}", messages.SUCCESS)
                 return HttpResponseRedirect(request.path)
         context = {

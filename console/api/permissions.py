@@ -9,6 +9,7 @@ WWW-Authenticate header), authenticated without the permission -> 403.
 | POST /api/v1/orders/test         | trading.add_order                 |
 | GET  /api/v1/orders/{id}         | trading.view_order                |
 | GET  /api/v1/positions           | trading.view_position             |
+| GET  /api/v1/positions/{id}/timeline | trading.view_position         |
 | POST /api/v1/positions/{id}/reduce | trading.submit_order            |
 | POST /api/v1/positions/flatten   | trading.flatten_positions         |
 | GET  /api/v1/trading-state       | trading.view_tradingstatechange   |

@@ -8,7 +8,8 @@ from rest_framework import serializers
 from rest_framework.settings import api_settings
 
 from risk.finalize import CloseState
-from trading.models import Order, Position, PositionStatus, TradingMode
+from risk.timeline import Source
+from trading.models import Closer, Order, Position, PositionStatus, TradingMode
 
 
 class StrictCharField(serializers.CharField):
@@ -156,6 +157,8 @@ FIELD_ERRORS_SCHEMA = {
 
 
 class PositionSerializer(serializers.ModelSerializer):
+    closed_by = serializers.ChoiceField(choices=Closer.choices, allow_blank=True, read_only=True,
+                                        help_text="Who claimed it for closing; blank while open.")
     realised_pnl = serializers.DecimalField(source="pnl", max_digits=30, decimal_places=4, read_only=True,
                                             allow_null=True)
 
@@ -163,7 +166,7 @@ class PositionSerializer(serializers.ModelSerializer):
         model = Position
         fields = ["id", "symbol", "side", "quantity", "entry_price", "stop_loss", "take_profit", "status",
                   "protection", "protection_checked_at", "opened_at", "closed_at", "exit_price", "close_reason",
-                  "realised_pnl", "adopted", "needs_review", "is_test", "entry_order"]
+                  "closed_by", "realised_pnl", "adopted", "needs_review", "is_test", "entry_order"]
         read_only_fields = fields
 
 
@@ -228,7 +231,8 @@ class CloseResultSerializer(serializers.Serializer):
 
 
 class FlattenResponseSerializer(serializers.Serializer):
-    halted = serializers.BooleanField(help_text="True when this call set trading to HALTED.")
+    halted = serializers.BooleanField(help_text="Trading is HALTED after this call (always, as a flatten halts it).")
+    halted_now = serializers.BooleanField(help_text="This call set trading to HALTED (false: it was already halted).")
     cancelled_orders = serializers.IntegerField(allow_null=True)
     errors = serializers.ListField(child=serializers.CharField())
     results = CloseResultSerializer(many=True)
@@ -261,8 +265,25 @@ class TradingStateSerializer(serializers.Serializer):
     history = TradingStateChangeSerializer(many=True)
 
 
+class ModeField(serializers.ChoiceField):
+    """A trading mode in any case ("halted", "Halted"); a bad one is refused with the valid ones."""
+
+    default_error_messages = {"invalid_choice": "{input!r} is not a trading mode; give one of {modes}."}
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=TradingMode.choices, **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid_choice", input=data, modes=", ".join(TradingMode.values))
+        value = data.strip().upper()
+        if value not in TradingMode.values:
+            self.fail("invalid_choice", input=data[:40], modes=", ".join(TradingMode.values))
+        return value
+
+
 class TradingStateRequestSerializer(RequestSerializer):
-    mode = serializers.ChoiceField(choices=TradingMode.choices)
+    mode = ModeField(help_text="ACTIVE, HALTED or REDUCING, in any case.")
     # Not trimmed here, so the 2000 of the schema is the length sent; trading_mode_change strips
     # it and refuses a blank one.
     reason = StrictCharField(max_length=2000, trim_whitespace=False)
@@ -307,6 +328,7 @@ class MonitorSerializer(serializers.Serializer):
     consecutive_error_cycles = serializers.IntegerField()
     cycles = serializers.IntegerField()
     last_error = serializers.CharField(allow_blank=True)
+    last_error_at = serializers.DateTimeField(allow_null=True, help_text="When the cycle with last_error ended.")
     market_open = serializers.BooleanField(allow_null=True)
     protection_confirmed_at = serializers.DateTimeField(
         allow_null=True, help_text="When the broker last confirmed the positions' protection (the stream, or the "
@@ -320,7 +342,8 @@ def monitor_payload(status, stream, as_of) -> dict:
     return {
         "protection_confirmed_at": as_of.at,
         "protection_confirmed_stale": as_of.stale,
-        "stream": {"healthy": stream.healthy, "connected_since": stream.connected_since,
+        "stream": {"healthy": not stream.stale,
+                   "connected_since": stream.heartbeat.started_at if stream.heartbeat and not stream.stale else None,
                    "last_seen_connected": stream.heartbeat.finished_at if stream.heartbeat else None,
                    "age_seconds": stream.age_seconds, "events_applied": stream.heartbeat.cycles if stream.heartbeat else 0},
         "name": heartbeat.name if heartbeat else "monitor",
@@ -335,6 +358,20 @@ def monitor_payload(status, stream, as_of) -> dict:
         "consecutive_error_cycles": heartbeat.consecutive_error_cycles if heartbeat else 0,
         "cycles": heartbeat.cycles if heartbeat else 0,
         "last_error": heartbeat.last_error if heartbeat else "",
+        "last_error_at": heartbeat.last_error_at if heartbeat else None,
         "market_open": heartbeat.market_open if heartbeat else None,
     }
 
+
+
+class TimelineEntrySerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    source = serializers.ChoiceField(choices=[source.value for source in Source])
+    title = serializers.CharField()
+    detail = serializers.CharField(allow_blank=True)
+    order = serializers.IntegerField(source="order_id", allow_null=True, help_text="The order it is about, if any.")
+
+
+class PositionTimelineSerializer(serializers.Serializer):
+    position = serializers.IntegerField(source="position.pk")
+    entries = TimelineEntrySerializer(many=True, help_text="Oldest first.")

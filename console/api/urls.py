@@ -11,6 +11,7 @@ urlpatterns = [
     path("orders/<str:pk>", views.OrderDetailView.as_view(), name="order-detail"),
     path("positions", views.PositionListView.as_view(), name="positions"),
     path("positions/flatten", views.FlattenView.as_view(), name="positions-flatten"),
+    path("positions/<str:pk>/timeline", views.PositionTimelineView.as_view(), name="position-timeline"),
     path("positions/<str:pk>/reduce", gate_views.PositionReduceView.as_view(), name="position-reduce"),
     path("trading-state", views.TradingStateView.as_view(), name="trading-state"),
     path("monitor", views.MonitorView.as_view(), name="monitor"),

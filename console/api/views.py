@@ -2,10 +2,13 @@
 
 import logging
 
+from django.urls import Resolver404, resolve
+
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -13,9 +16,10 @@ from risk.checklist import checklist_run
 from risk.entries import BracketNotProtected, TradingHalted, submit_bracket_order
 from risk.flatten import flatten, outcome_summary
 from risk.selectors import monitor_status, protection_as_of, stream_status
+from risk.timeline import position_timeline
 from risk.trading_state import ChecklistNotPassed, trading_mode_change
 from trading.broker import BrokerError
-from trading.models import Order
+from trading.models import Order, Position, TradingMode
 from trading.selectors import (
     order_with_legs,
     positions_list,
@@ -24,6 +28,7 @@ from trading.selectors import (
 )
 from trading.validation import OrderValidationError
 
+from ..audit import flatten_history, history_add
 from . import permissions as perms
 from . import throttling
 from .parsers import StrictJSONParser
@@ -41,6 +46,7 @@ from .serializers import (
     OrderSerializer,
     PositionFilterSerializer,
     PositionSerializer,
+    PositionTimelineSerializer,
     TestOrderRequestSerializer,
     TestOrderResponseSerializer,
     TradingStateRequestSerializer,
@@ -121,23 +127,33 @@ class TestOrderView(ConsoleAPIView):
                         status=status.HTTP_201_CREATED)
 
 
+def _path_id(pk: str) -> int | None:
+    """A row id from the URL. The URL takes any segment, so that "-1", "abc" or an id too large
+    for the database are this API's JSON 404 rather than Django's HTML page (or an overflow)."""
+    value = int(pk) if pk.isascii() and pk.isdigit() else 0
+    return value if 1 <= value <= MAX_ID else None
+
+
+def _one_row_schema(*, operation_id: str, noun: str, response, description: str):
+    return extend_schema(
+        operation_id=operation_id,
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description=f"The {noun}'s id.")],
+        responses={200: response, 401: UNAUTHENTICATED, 403: FORBIDDEN,
+                   404: OpenApiResponse(ErrorSerializer, description=f"No such {noun} (or not an id)."),
+                   429: THROTTLED},
+        description=description,
+    )
+
+
 class OrderDetailView(ConsoleAPIView):
     required_perms = {"GET": perms.VIEW_ORDER}
 
-    @extend_schema(
-        operation_id="orders_retrieve",
-        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The order's id.")],
-        responses={200: OrderSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN,
-                   404: OpenApiResponse(ErrorSerializer, description="No such order (or not an order id)."),
-                   429: THROTTLED},
-        description=f"One order with its legs. Needs `{perms.VIEW_ORDER}`.",
-    )
+    @_one_row_schema(operation_id="orders_retrieve", noun="order", response=OrderSerializer,
+                     description=f"One order with its legs. Needs `{perms.VIEW_ORDER}`.")
     def get(self, request, pk: str):
-        # The URL takes any segment, so that "-1", "abc" or an id too large for the database
-        # are this API's JSON 404 rather than Django's HTML page (or an overflow).
-        order_id = int(pk) if pk.isascii() and pk.isdigit() else 0
+        order_id = _path_id(pk)
         try:
-            if not 1 <= order_id <= MAX_ID:
+            if order_id is None:
                 raise Order.DoesNotExist
             order = order_with_legs(order_id=order_id)
         except Order.DoesNotExist:
@@ -190,6 +206,24 @@ class PositionListView(ConsoleAPIView):
     pagination_class = PositionPagination
 
 
+class PositionTimelineView(ConsoleAPIView):
+    required_perms = {"GET": perms.VIEW_POSITION}
+
+    @_one_row_schema(
+        operation_id="positions_timeline", noun="position", response=PositionTimelineSerializer,
+        description=f"Everything that happened to one position, oldest first: its entry, legs, fills and exit, "
+                    f"risk events, alerts, operators' actions and the trading-state changes while it was open. "
+                    f"Needs `{perms.VIEW_POSITION}`.",
+    )
+    def get(self, request, pk: str):
+        position_id = _path_id(pk)
+        position = Position.objects.filter(pk=position_id).first() if position_id else None
+        if position is None:
+            return Response({"detail": "No such position."}, status=status.HTTP_404_NOT_FOUND)
+        return Response(PositionTimelineSerializer({"position": position,
+                                                    "entries": position_timeline(position=position)}).data)
+
+
 class FlattenView(ConsoleAPIView):
     required_perms = {"POST": perms.FLATTEN}
     throttle_scope = throttling.FLATTEN
@@ -210,12 +244,14 @@ class FlattenView(ConsoleAPIView):
         given = FlattenRequestSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         result = flatten(user=request.user, positions=given.validated_data.get("positions"))
+        flatten_history(user=request.user, result=result)
         results = [
             {"position": o.position, "state": o.state, "detail": o.detail, "summary": outcome_summary(o)}
             for o in result.outcomes
         ]
         return Response({
-            "halted": result.halted is not None,
+            "halted": trading_state().mode == TradingMode.HALTED,
+            "halted_now": result.halted is not None,
             "cancelled_orders": result.cancelled_orders,
             "errors": result.errors,
             "results": CloseResultSerializer(results, many=True).data,
@@ -276,14 +312,15 @@ class TradingStateView(ConsoleAPIView):
         given.is_valid(raise_exception=True)
         data = given.validated_data
         try:
-            trading_mode_change(mode=data["mode"], reason=data["reason"], user=request.user,
-                                override=data["override"])
+            change = trading_mode_change(mode=data["mode"], reason=data["reason"], user=request.user,
+                                         override=data["override"])
         except ChecklistNotPassed as exc:
             body = _field_errors(exc)
             body["checklist"] = ChecklistSerializer(_checklist_payload(exc.checklist)).data
             return Response(body, status=status.HTTP_400_BAD_REQUEST)
         except OrderValidationError as exc:
             return Response(_field_errors(exc), status=status.HTTP_400_BAD_REQUEST)
+        history_add(user=request.user, obj=change, message=f"Trading set to {change.mode}: {change.reason}")
         return Response(self._current())
 
 
@@ -301,3 +338,26 @@ class MonitorView(ConsoleAPIView):
         monitor, stream = monitor_status(), stream_status()
         as_of = protection_as_of(monitor=monitor, stream=stream)
         return Response(MonitorSerializer(monitor_payload(monitor, stream, as_of)).data)
+
+
+class NotFoundView(APIView):
+    """Any /api/ path that is no endpoint (a trailing slash, a typo, an old version): a JSON 404,
+    never Django's HTML page, naming the endpoint meant when only the trailing slash differs.
+    Anonymous callers get the API's 401 first, so paths can't be probed without credentials."""
+
+    permission_classes = [IsAuthenticated]
+    schema = None  # not an endpoint: left out of the OpenAPI schema
+
+    def _not_found(self, request, *args, **kwargs):
+        detail = "No such API endpoint."
+        path = request.path
+        if path.endswith("/") and path.rstrip("/"):
+            try:
+                match = resolve(path.rstrip("/"))
+            except Resolver404:
+                match = None
+            if match is not None and match.func.__name__ != NotFoundView.__name__:
+                detail += f" The endpoint is {path.rstrip('/')} (no trailing slash)."
+        return Response({"detail": detail}, status=status.HTTP_404_NOT_FOUND)
+
+    get = post = put = patch = delete = options = _not_found

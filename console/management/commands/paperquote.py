@@ -13,13 +13,14 @@ from paper_exchange.control import (
 )
 
 
-def _price(value, name):
+def _price(value, name, *, positive=False):
+    """A price; 0 is allowed for a bid or an ask alone (the exchange then has none on that side)."""
     try:
         d = Decimal(value)
     except (InvalidOperation, ValueError):
         raise CommandError(f"--{name} must be a number, got {value!r}") from None
-    if not d.is_finite() or d < 0:
-        raise CommandError(f"--{name} must be a finite number >= 0, got {value!r}")
+    if not d.is_finite() or d < 0 or (positive and d == 0):
+        raise CommandError(f"--{name} must be a finite number {'above 0' if positive else '>= 0'}, got {value!r}")
     return d
 
 
@@ -49,11 +50,13 @@ class Command(BaseCommand):
         if options["price"] is not None:
             if options["bid"] is not None or options["ask"] is not None:
                 raise CommandError("use either --price or --bid/--ask, not both")
-            bid = ask = _price(options["price"], "price")
+            bid = ask = _price(options["price"], "price", positive=True)
         else:
             if options["bid"] is None or options["ask"] is None:
                 raise CommandError("give --bid and --ask, or --price")
             bid, ask = _price(options["bid"], "bid"), _price(options["ask"], "ask")
+            if bid == 0 and ask == 0:
+                raise CommandError("--bid and --ask can't both be 0: give a price")
             if bid > 0 and ask > 0 and bid > ask:
                 raise CommandError(f"bid {bid} is above ask {ask}")
         url = options["url"] or _default_url()

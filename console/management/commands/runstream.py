@@ -31,7 +31,7 @@ class Command(BaseCommand):
             name=STREAM, holder=holder,
             make_stream=lambda handler: trade_updates_stream(handler, ping_seconds=settings.STREAM_PING_SECONDS),
             apply=lambda message: trade_update_apply(message=message),
-            on_connect=broker_sync,
+            on_connect=lambda: broker_sync(by=STREAM),
         )
         runner.run(stop)
         self.stdout.write("stream stopped")

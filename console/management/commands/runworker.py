@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+from risk.monitor import broker_await
 
 GRACE_SECONDS = 30
 
@@ -19,7 +21,16 @@ GRACE_SECONDS = 30
 class Command(BaseCommand):
     help = "Run the django-q2 cluster (the monitor's scheduled backstop) so that it stops cleanly on SIGTERM/SIGINT."
 
-    def handle(self, *args, **options):
+    def add_arguments(self, parser):
+        parser.add_argument("--wait-for-broker", type=float, default=0, metavar="SECONDS",
+                            help="first wait up to SECONDS for the broker to answer (make run: the paper exchange "
+                                 "starts beside the worker, and its first scheduled cycle must not fail on it)")
+
+    def handle(self, *args, wait_for_broker, **options):
+        if not 0 <= wait_for_broker <= 3600:
+            raise CommandError(f"--wait-for-broker must be between 0 and 3600 seconds, got {wait_for_broker}")
+        if wait_for_broker and not broker_await(timeout=wait_for_broker):
+            self.stderr.write(f"the broker did not answer within {wait_for_broker:g}s; starting anyway")
         manage = os.path.join(os.getcwd(), "manage.py") if os.path.exists("manage.py") else sys.argv[0]
         child = subprocess.Popen([sys.executable, manage, "qcluster"], start_new_session=True)
         stopping = threading.Event()

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('risk', '0004_stream_alert'),
+        ('risk', '0003_entry_events'),
     ]
 
     operations = [
