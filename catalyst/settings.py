@@ -283,6 +283,7 @@ REST_FRAMEWORK = {
         "orders": "30/min",
         "flatten": "10/min",
         "trading_state": "20/min",
+        "order_gate": "120/min",
     },
 }
 SPECTACULAR_SETTINGS = {
@@ -330,6 +331,28 @@ PROTECTION_DEFAULT_TARGET_PERCENT = envdecimal("PROTECTION_DEFAULT_TARGET_PERCEN
 STREAM_PING_SECONDS = envint("STREAM_PING_SECONDS", 5, minimum=1)
 STREAM_HEALTHY_SECONDS = envint("STREAM_HEALTHY_SECONDS", 15, minimum=2)
 CHECKLIST_MAX_POSITION_AGE_HOURS = envint("CHECKLIST_MAX_POSITION_AGE_HOURS", 72, minimum=1)
+
+# --- The order gate: pre-trade limits (the defaults of the admin's one row; 0 = no limit) ----------
+
+LIMIT_ORDER_MAX_QTY = envdecimal("LIMIT_ORDER_MAX_QTY", "1000")
+LIMIT_ORDER_MAX_NOTIONAL = envdecimal("LIMIT_ORDER_MAX_NOTIONAL", "50000")
+LIMIT_ORDER_MAX_LOSS = envdecimal("LIMIT_ORDER_MAX_LOSS", "1000")
+LIMIT_MAX_OPEN_POSITIONS = envint("LIMIT_MAX_OPEN_POSITIONS", 20)
+LIMIT_SYMBOL_MAX_EXPOSURE = envdecimal("LIMIT_SYMBOL_MAX_EXPOSURE", "100000")
+LIMIT_TOTAL_MAX_EXPOSURE = envdecimal("LIMIT_TOTAL_MAX_EXPOSURE", "250000")
+LIMIT_MAX_ORDERS_PER_MINUTE = envint("LIMIT_MAX_ORDERS_PER_MINUTE", 30)
+LIMIT_SYMBOLS_ALLOWED = envlist("LIMIT_SYMBOLS_ALLOWED")
+LIMIT_SYMBOLS_REFUSED = envlist("LIMIT_SYMBOLS_REFUSED")
+
+# --- Guards the monitor runs: the daily-loss kill switch, the stop-loss guard, the end-of-day flatten ---
+
+DAILY_LOSS_LIMIT = envdecimal("DAILY_LOSS_LIMIT", "2000")  # 0: off
+DAILY_LOSS_FLATTEN = envbool("DAILY_LOSS_FLATTEN", False)
+STOP_LOSS_GUARD_COUNT = envint("STOP_LOSS_GUARD_COUNT", 3)  # 0: off
+STOP_LOSS_GUARD_MINUTES = envint("STOP_LOSS_GUARD_MINUTES", 30, minimum=1)
+STOP_LOSS_GUARD_COOLDOWN_MINUTES = envint("STOP_LOSS_GUARD_COOLDOWN_MINUTES", 60, minimum=1)
+EOD_FLATTEN = envchoice("EOD_FLATTEN", "intraday", ("off", "intraday", "all"))
+EOD_FLATTEN_MINUTES = envint("EOD_FLATTEN_MINUTES", 15, minimum=1)
 
 # --- Alerts ----------------------------------------------------------------------
 

@@ -16,12 +16,15 @@ from trading.broker import BrokerError, BrokerOrder
 from trading.models import STOP_TYPES, OrderClass, OrderStatus, OrderType, Position
 from trading.selectors import latest_test_entry, positions_without_stop
 
+from .daily import stop_loss_cooldown_until, trading_day
 from .selectors import monitor_status
 
 TEST_BRACKET = "test_bracket"
 MONITOR_FRESH = "monitor_fresh"
 ALL_PROTECTED = "all_protected"
 NO_OLD_POSITIONS = "no_old_positions"
+DAILY_LOSS = "daily_loss"
+STOP_LOSS_COOLDOWN = "stop_loss_cooldown"
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,33 @@ def _check_age(now: datetime) -> ChecklistItem:
     return ChecklistItem(NO_OLD_POSITIONS, label, True, "none")
 
 
+def _check_daily_loss(now: datetime) -> ChecklistItem:
+    label = "The daily-loss kill switch has not halted trading today"
+    day = trading_day(now=now)
+    if day is not None and day.tripped_at is not None:
+        return ChecklistItem(DAILY_LOSS, label, False,
+                             f"it halted trading at {day.tripped_at:%Y-%m-%d %H:%M %Z} (P&L {day.tripped_pnl:,.2f}, "
+                             f"limit -{day.loss_limit:,.2f}); resuming today needs an override")
+    if not settings.DAILY_LOSS_LIMIT:
+        return ChecklistItem(DAILY_LOSS, label, True, "off (DAILY_LOSS_LIMIT=0)")
+    if day is None or day.evaluated_at is None:
+        return ChecklistItem(DAILY_LOSS, label, True, "not evaluated yet today")
+    return ChecklistItem(DAILY_LOSS, label, True,
+                         f"P&L today {day.pnl:,.2f} against a limit of -{settings.DAILY_LOSS_LIMIT:,.2f}")
+
+
+def _check_cooldown(now: datetime) -> ChecklistItem:
+    label = "No stop-loss guard cool-down is in force"
+    until = stop_loss_cooldown_until(now=now)
+    if until is not None:
+        return ChecklistItem(STOP_LOSS_COOLDOWN, label, False,
+                             f"the stop-loss guard halted trading; its cool-down ends {until:%Y-%m-%d %H:%M %Z}")
+    return ChecklistItem(STOP_LOSS_COOLDOWN, label, True, "none")
+
+
 def checklist_run(*, now: datetime | None = None) -> Checklist:
     """Every item, computed now (asks the broker about the latest test bracket)."""
     now = now or timezone.now()
-    items = [_check_test_bracket(), _check_monitor(now), _check_protection(), _check_age(now)]
+    items = [_check_test_bracket(), _check_monitor(now), _check_protection(), _check_age(now), _check_daily_loss(now),
+             _check_cooldown(now)]
     return Checklist(items=items, checked_at=now)

@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
+from trading.validation import OrderValidationError, normalize_symbol
+
 
 @register()
 def monitor_settings_check(app_configs, **kwargs):
@@ -25,4 +27,29 @@ def monitor_settings_check(app_configs, **kwargs):
     if not settings.ALPACA_PAPER and not (settings.ALPACA_API_KEY and settings.ALPACA_SECRET_KEY):
         problems.append(Error("ALPACA_PAPER=false (live trading) needs ALPACA_API_KEY and ALPACA_SECRET_KEY",
                               id="trading.E001"))
+    return problems
+
+
+REGULAR_SESSION_MINUTES = 390  # 09:30 to 16:00 New York
+
+
+@register()
+def gate_settings_check(app_configs, **kwargs):
+    """The order gate's and the guards' settings (README "The order gate")."""
+    problems = []
+    for name in ("LIMIT_SYMBOLS_ALLOWED", "LIMIT_SYMBOLS_REFUSED"):
+        for symbol in getattr(settings, name):
+            try:
+                normalize_symbol(symbol)
+            except OrderValidationError:
+                problems.append(Error(f"{name} holds {symbol!r}, not a US equity symbol", id="risk.E004"))
+    both = {s.upper() for s in settings.LIMIT_SYMBOLS_ALLOWED} & {s.upper() for s in settings.LIMIT_SYMBOLS_REFUSED}
+    if both:
+        problems.append(Warning(f"{', '.join(sorted(both))} both allowed and refused: refused wins", id="risk.W002"))
+    if settings.EOD_FLATTEN_MINUTES >= REGULAR_SESSION_MINUTES:
+        problems.append(Error(f"EOD_FLATTEN_MINUTES ({settings.EOD_FLATTEN_MINUTES}) must be shorter than a regular "
+                              f"session ({REGULAR_SESSION_MINUTES} minutes)", id="risk.E005"))
+    if settings.DAILY_LOSS_FLATTEN and not settings.DAILY_LOSS_LIMIT:
+        problems.append(Warning("DAILY_LOSS_FLATTEN=true does nothing while DAILY_LOSS_LIMIT is 0 (off)",
+                                id="risk.W003"))
     return problems

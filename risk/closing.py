@@ -20,6 +20,7 @@ from trading import broker
 from trading.broker import BrokerError
 from trading.holdings import holding
 from trading.models import (
+    CloseReason,
     Closer,
     Order,
     OrderRole,
@@ -84,6 +85,9 @@ def _progress(position: Position) -> CloseOutcome:
     held = _to_exit(position, orders)
     if held is None:
         return CloseOutcome(position, CloseState.WAITING, UNATTRIBUTED)
+    keep = position.keep_quantity or ZERO
+    if 0 < held <= keep:
+        return _reduce_done(position, held)
     if held <= 0:
         if position.orders.live().exclude(broker_order_id=None).exists():
             orders_cancel(position=position)  # an unfilled entry and its legs must not fill later
@@ -104,9 +108,11 @@ def _progress(position: Position) -> CloseOutcome:
         held = _to_exit(position, orders)
         if held is None:
             return CloseOutcome(position, CloseState.WAITING, UNATTRIBUTED)
+        if 0 < held <= keep:
+            return _reduce_done(position, held)
         if held <= 0:
             return position_finalize(position, orders)
-    return _exit(position, held)
+    return _exit(position, held - keep)
 
 
 def _wash_risks_cancel(position: Position) -> list[Order]:
@@ -168,6 +174,7 @@ def _reprotect(position: Position, qty: Decimal, exc: BrokerError) -> CloseOutco
     flagged for review and left out of the monitor's triggers (the broker's OCO guards it)."""
     stop, target, defaults = protection_levels(position)
     levels = f"stop {stop} target {target}" + (" (defaults from the entry)" if defaults else "")
+    qty += position.keep_quantity or ZERO  # a reduce's exit was refused: protect all it holds
     try:
         order = oco_send(position=position, qty=qty, stop=stop, target=target, time_in_force="gtc")
     except BrokerError as oco_exc:
@@ -179,7 +186,7 @@ def _reprotect(position: Position, qty: Decimal, exc: BrokerError) -> CloseOutco
             f"({order.broker_order_id}); close it by hand once the cause is cleared")
     Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING).update(
         status=PositionStatus.OPEN, protection=Protection.PROTECTED, protection_checked_at=now, exit_refused_at=now,
-        needs_review=True, review_note=note, lock_owner="", locked_until=None, updated_at=now,
+        needs_review=True, review_note=note, lock_owner="", locked_until=None, keep_quantity=None, updated_at=now,
         **({"stop_loss": stop, "take_profit": target} if defaults else {}))
     position.refresh_from_db()
     event_record(kind=RiskEventKind.PROTECTED, position=position, reason="re-protected after refused exits",
@@ -200,7 +207,26 @@ def _after_exit_fill(position: Position) -> CloseOutcome:
     remaining = holding(position, orders).held
     if remaining <= 0:
         return position_finalize(position, orders)
+    if position.keep_quantity is not None and remaining <= position.keep_quantity:
+        return _reduce_done(position, remaining)
     return CloseOutcome(position, CloseState.EXIT_PENDING, f"{remaining} still to exit")
+
+
+def _reduce_done(position: Position, held: Decimal) -> CloseOutcome:
+    """A reduce has exited what it was asked to: the position is open again for what it still
+    holds, marked UNPROTECTED (its legs were cancelled) until it is re-protected. A full close
+    that took the reduce over meanwhile (keep_quantity cleared) is left to carry on."""
+    reopened = Position.objects.filter(pk=position.pk, status=PositionStatus.CLOSING,
+                                       keep_quantity__isnull=False).update(
+        status=PositionStatus.OPEN, close_reason=None, closed_by="", keep_quantity=None, lock_owner="",
+        locked_until=None, protection=Protection.UNPROTECTED, protection_checked_at=timezone.now())
+    position.refresh_from_db()
+    if not reopened:
+        return CloseOutcome(position, CloseState.WAITING, "taken over by a full close")
+    detail = f"{held.normalize():f} left open, to be re-protected"
+    event_record(kind=RiskEventKind.REDUCED, position=position, reason=CloseReason.REDUCED, message=detail,
+                 data={"held": held})
+    return CloseOutcome(position, CloseState.REDUCED, detail)
 
 
 def close_step(position_id: int, owner: str) -> CloseOutcome:
@@ -269,6 +295,23 @@ def position_close(*, position: Position, reason: str, by: Closer, owner: str | 
     """Close one position safely. A position already closing or closed is left alone."""
     return positions_close(positions=[position], reason=reason, by=by, owner=owner, price=price,
                            quote_time=quote_time)[0]
+
+
+def position_reduce(*, position: Position, quantity: Decimal, owner: str) -> CloseOutcome:
+    """Exit `quantity` of an open position the safe way, keeping the rest open: claimed like a
+    close (its legs cancelled, ONE exit per attempt, never more than it holds), then reopened
+    for the rest (CloseState.REDUCED), which the caller re-protects. Reducing by all it holds
+    closes it (close_reason REDUCED). A position not open is SKIPPED."""
+    held = holding(position, position.orders.all()).held
+    keep = held - quantity if quantity < held else None
+    if not position_claim(position_id=position.pk, reason=CloseReason.REDUCED, owner=owner, by=Closer.GATE,
+                          keep=keep):
+        position.refresh_from_db()
+        return CloseOutcome(position, CloseState.SKIPPED, f"already {position.status}")
+    event_record(kind=RiskEventKind.CLAIMED, position=position, reason=CloseReason.REDUCED,
+                 message=f"reduce by {quantity.normalize():f} of {held.normalize():f}"
+                         + (f", keeping {keep.normalize():f}" if keep is not None else ", closing it"))
+    return claimed_close([position.pk], owner)[0]
 
 
 def positions_close(*, positions: list[Position], reason: str, by: Closer, owner: str | None = None,

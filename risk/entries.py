@@ -7,6 +7,7 @@ hold with both legs at the requested prices (the original incident) is cancelled
 """
 
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 
 from django.conf import settings
@@ -101,12 +102,18 @@ def submit_bracket_order(
     entry_price: object = None,
     time_in_force: str | None = None,
     is_test: bool = False,
+    client_order_id: str | None = None,
+    intraday: bool | None = None,
+    admit: Callable[[BracketSpec, Decimal | None], None] | None = None,
 ) -> Position:
     """Send a bracket (entry + stop + target), verify both legs at the broker, record it all.
 
     Raises OrderValidationError before anything is sent, TradingHalted when entries are
     not allowed, BrokerError when the broker fails, BracketNotProtected when the order
-    came back without its two legs (the original incident).
+    came back without its two legs (the original incident). `admit` (the order gate) is
+    called with the checked bracket and the price a market entry will trade at (the ask for
+    a buy, the bid for a sell; None for a limit entry) just before sending; it raises to
+    refuse. `client_order_id` is the gate's (the caller's own) instead of a new one.
     """
     quote = None
     if entry_price is None:
@@ -118,13 +125,23 @@ def submit_bracket_order(
                             take_profit=take_profit, entry_price=entry_price,
                             bid=quote.bid if quote else None, ask=quote.ask if quote else None)
     _check_entry_allowed(spec, is_test=is_test)
+    expected = None if quote is None else (quote.ask if spec.side == OrderSide.BUY else quote.bid)
+    if admit is not None:
+        admit(spec, expected)
     entry = bracket_send(spec=spec, time_in_force=time_in_force or settings.BRACKET_TIME_IN_FORCE,
-                         prefix="test" if is_test else "entry")
+                         prefix="test" if is_test else "entry", client_order_id=client_order_id)
+    return bracket_record(entry=entry, spec=spec, expected_price=expected, is_test=is_test, intraday=intraday)
+
+
+def bracket_record(*, entry: Order, spec: BracketSpec, expected_price: Decimal | None, is_test: bool = False,
+                   intraday: bool | None = None) -> Position:
+    """Record the position of a bracket the broker has taken, then verify both legs there.
+    Safe to repeat for one entry (the order gate settling a retry): its position is reused."""
     # Recorded as soon as the broker has it (pending until its entry fills), so a failure below
     # can't leave it unguarded: once filled, the monitor watches its stop whether or not its
     # legs are confirmed.
-    expected = None if quote is None else (quote.ask if spec.side == OrderSide.BUY else quote.bid)
-    position = _position_record(entry=entry, spec=spec, expected_price=expected, is_test=is_test)
+    position = _position_record(entry=entry, spec=spec, expected_price=expected_price, is_test=is_test,
+                                intraday=intraday)
     position_follow(position=position)
     try:
         remote = order_read(order=entry)  # what the broker really holds, legs and all
@@ -143,9 +160,13 @@ def submit_bracket_order(
     return position
 
 
-def _position_record(*, entry: Order, spec: BracketSpec, expected_price: Decimal | None, is_test: bool) -> Position:
+def _position_record(*, entry: Order, spec: BracketSpec, expected_price: Decimal | None, is_test: bool,
+                     intraday: bool | None) -> Position:
     """The position of an entry the broker accepted: pending until the entry fills, priced at
-    its limit or (a market entry) the side of the quote it will trade on until then."""
+    its limit or (a market entry) the side of the quote it will trade on until then; the one
+    it has when it was recorded before."""
+    if entry.position_id is not None:
+        return Position.objects.get(pk=entry.position_id)
     position = Position.objects.create(
         symbol=spec.symbol,
         side=position_side(spec.side),
@@ -157,6 +178,7 @@ def _position_record(*, entry: Order, spec: BracketSpec, expected_price: Decimal
         opened_at=timezone.now(),
         entry_order=entry,
         is_test=is_test,
+        intraday=intraday,
     )
     entry.position = position
     entry.save(update_fields=["position", "synced_at"])

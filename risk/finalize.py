@@ -26,6 +26,7 @@ class CloseState(StrEnum):
     SKIPPED = "skipped"  # not claimed: already closing or closed
     CANCELLED = "cancelled"  # an entry still working, cancelled: never a position
     LOCKED = "locked"  # another worker is stepping it
+    REDUCED = "reduced"  # a reduce exited what it was asked to: the rest is open again, to be re-protected
 
 
 @dataclass

@@ -5,10 +5,17 @@ Protective orders may be placed while closed (Alpaca queues them)."""
 from django.conf import settings
 
 from trading import broker
+from trading.broker import Clock
 
 
-def exits_allowed() -> bool:
-    """Raises BrokerError when the clock can't be read (nothing is decided blind)."""
-    if not settings.MONITOR_MARKET_HOURS_ONLY:
-        return True
-    return broker.clock().is_open
+def market_clock() -> Clock | None:
+    """The broker's clock when market hours matter; None when they don't (it is not read).
+    Raises BrokerError when the clock can't be read."""
+    return broker.clock() if settings.MONITOR_MARKET_HOURS_ONLY else None
+
+
+def exits_allowed(clock: Clock | None = None) -> bool:
+    """Raises BrokerError when the clock can't be read (nothing is decided blind). `clock`: one
+    just read by market_clock()."""
+    clock = clock or market_clock()
+    return clock is None or clock.is_open

@@ -1,9 +1,10 @@
 """What the monitor saw and did: risk events, its heartbeat, its lease, and alerts."""
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
-from trading.models import PRICE, Closer, Position
+from trading.models import PRICE, QTY, Closer, Order, Position
 
 MONITOR = "monitor"  # the monitor's heartbeat row and lease
 STREAM = "stream"  # the trade_updates stream's heartbeat row (started_at: connected since; finished_at: last seen
@@ -30,6 +31,12 @@ class RiskEventKind(models.TextChoices):
     RECONCILED = "reconciled"
     BRACKET_NOT_PROTECTED = "bracket_not_protected"
     TRADING_STATE = "trading_state"
+    LIMIT_REFUSED = "limit_refused", "Order refused by a pre-trade limit"
+    ORDER_REFUSED = "order_refused", "Order refused by the broker"
+    REDUCED = "reduced", "Position reduced"
+    END_OF_DAY = "end_of_day", "End-of-day flatten"
+    KILL_SWITCH = "kill_switch", "Daily-loss kill switch"
+    STOP_LOSS_GUARD = "stop_loss_guard", "Stop-loss guard"
     ENTRY_FILLED = "entry_filled", "Entry filled: position open"
     ENTRY_CANCELLED = "entry_cancelled", "Entry ended unfilled"
     BROKER_EVENT = "broker_event", "Order event from the broker"
@@ -127,6 +134,9 @@ class AlertKind(models.TextChoices):
     BRACKET_NOT_PROTECTED = "bracket_not_protected", "Bracket without legs"
     HEARTBEAT_STALE = "heartbeat_stale", "Heartbeat stale"
     HEARTBEAT_BACK = "heartbeat_back", "Heartbeat back"
+    GATE_EXIT = "gate_exit", "Reduce by the trading service: exit sent"
+    DAILY_LOSS = "daily_loss", "Daily loss limit hit"
+    STOP_LOSS_GUARD = "stop_loss_guard", "Stop-loss guard tripped"
 
 
 # Which alert an exit raises, by who closed the position.
@@ -136,6 +146,7 @@ EXIT_ALERT_KINDS = {
     Closer.FLATTEN: AlertKind.FLATTEN_EXIT,
     Closer.PROTECTION: AlertKind.PROTECTION_EXIT,
     Closer.RECONCILE: AlertKind.RECONCILE_EXIT,
+    Closer.GATE: AlertKind.GATE_EXIT,
 }
 
 
@@ -162,3 +173,126 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.message[:60]}"
+
+
+# --- The order gate: pre-trade limits, the requests it took, the trading day's P&L ------------------
+
+MONEY = {"max_digits": 20, "decimal_places": 2}
+PNL = {"max_digits": 24, "decimal_places": 4}
+RISK_LIMITS_ROW = 1  # the one row of RiskLimits
+
+
+class RiskLimits(models.Model):
+    """The pre-trade limits in force: one row, created from the LIMIT_* settings, edited in the
+    admin; every change is a RiskLimitsChange. A blank limit is no limit."""
+
+    max_order_qty = models.DecimalField(**QTY, null=True, blank=True, verbose_name="max quantity per order")
+    max_order_notional = models.DecimalField(**MONEY, null=True, blank=True, verbose_name="max notional per order",
+                                             help_text="Quantity x entry price (the last price for a market entry).")
+    max_order_loss = models.DecimalField(**MONEY, null=True, blank=True, verbose_name="max loss to the stop per order",
+                                         help_text="Quantity x |entry - stop|.")
+    max_open_positions = models.PositiveIntegerField(null=True, blank=True)
+    max_symbol_exposure = models.DecimalField(**MONEY, null=True, blank=True, verbose_name="max exposure per symbol",
+                                              help_text="Quantity held or being entered x entry price, in one symbol.")
+    max_total_exposure = models.DecimalField(**MONEY, null=True, blank=True, verbose_name="max total exposure")
+    max_orders_per_minute = models.PositiveIntegerField(null=True, blank=True,
+                                                        help_text="Entries sent through the gate in the last 60 s.")
+    symbols_allowed = models.TextField(blank=True, help_text="Comma-separated; blank: every symbol not refused.")
+    symbols_refused = models.TextField(blank=True, help_text="Comma-separated.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "pre-trade limits"
+        verbose_name_plural = "pre-trade limits"
+
+    def __str__(self) -> str:
+        return "Pre-trade limits"
+
+
+class RiskLimitsChange(models.Model):
+    """Append-only history of the pre-trade limits: who changed what, when and why."""
+
+    limits = models.ForeignKey(RiskLimits, on_delete=models.PROTECT, related_name="changes")
+    changes = models.JSONField(default=dict, encoder=DjangoJSONEncoder, help_text="{field: [before, after]}")
+    reason = models.TextField()
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+    changed_by_name = models.CharField(max_length=150, help_text="Who, kept even if the user is deleted.")
+    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"limits changed by {self.changed_by_name} at {self.changed_at:%Y-%m-%d %H:%M:%S}"
+
+
+class OrderRequestKind(models.TextChoices):
+    ENTRY = "entry", "Bracket entry"
+    REDUCE = "reduce", "Reduce a position"
+
+
+class OrderRequestState(models.TextChoices):
+    PENDING = "pending", "Admitted, being sent"
+    DONE = "done", "Sent and recorded"
+    REFUSED = "refused", "Refused: nothing sent or held"
+    NOT_PROTECTED = "not_protected", "Bracket not held with both legs"
+    UNKNOWN = "unknown", "The broker's answer never came: a retry settles it"
+
+
+class OrderRequest(models.Model):
+    """One order the trading service sent through the gate, under its own client_order_id: the
+    same id again gets the same answer, and never a second order."""
+
+    client_order_id = models.CharField(max_length=48, unique=True)
+    kind = models.CharField(max_length=6, choices=OrderRequestKind.choices)
+    state = models.CharField(max_length=13, choices=OrderRequestState.choices, default=OrderRequestState.PENDING)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request as normalised.")
+    request = models.JSONField(encoder=DjangoJSONEncoder, help_text="The request as normalised.")
+    expected_price = models.DecimalField(**PRICE, null=True, blank=True,
+                                         help_text="A market entry's price: the ask for a buy, the bid for a sell.")
+    notional = models.DecimalField(**MONEY, null=True, blank=True)
+    position = models.ForeignKey(Position, null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="order_requests")
+    entry_order = models.ForeignKey(Order, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    refusal = models.CharField(max_length=32, blank=True, help_text="The refusal's code, when refused.")
+    detail = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="+")
+    requested_by_name = models.CharField(max_length=150)
+    claimed_until = models.DateTimeField(null=True, blank=True, help_text="While pending: when its worker's claim ends.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["kind", "created_at"], name="orderrequest_kind_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.client_order_id} ({self.state})"
+
+
+class TradingDay(models.Model):
+    """One trading day as the daily-loss kill switch saw it: its P&L at the last evaluation, and
+    when (if) the kill switch tripped. Tripping is a compare-and-set on tripped_at: once a day."""
+
+    session_open = models.DateTimeField(unique=True, help_text="The regular session's open (09:30 New York).")
+    realised_pnl = models.DecimalField(**PNL, default=0)
+    unrealised_pnl = models.DecimalField(**PNL, default=0)
+    unpriced = models.PositiveIntegerField(default=0, help_text="Open positions without a quote (counted at 0).")
+    loss_limit = models.DecimalField(**MONEY, null=True, blank=True)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+    tripped_at = models.DateTimeField(null=True, blank=True)
+    tripped_pnl = models.DecimalField(**PNL, null=True, blank=True)
+    flattened = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-session_open"]
+
+    def __str__(self) -> str:
+        return f"trading day of {self.session_open:%Y-%m-%d}"
+
+    @property
+    def pnl(self):
+        return self.realised_pnl + self.unrealised_pnl

@@ -19,7 +19,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from trading import broker
-from trading.broker import BrokerError
+from trading.broker import BrokerError, Clock, Quote
 from trading.models import Closer, Position, Side
 
 from .alerts import alert_send, alerts_deliver_pending_in_background
@@ -27,9 +27,10 @@ from .broker_sync import broker_sync
 from .claims import position_claim
 from .closing import claimed_close, closings_progress
 from .finalize import CloseOutcome, CloseState
+from .guards import guards_step
 from .journal import event_record, log_line
 from .lease import lease_acquire, lease_release
-from .market import exits_allowed
+from .market import exits_allowed, market_clock
 from .models import MONITOR, AlertKind, Heartbeat, RiskEvent, RiskEventKind
 from .protection import protection_audit
 from .reconcile import reconcile_run
@@ -50,6 +51,8 @@ class CycleResult:
     market_open: bool | None = None
     outcomes: list[CloseOutcome] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    clock: Clock | None = None  # the broker's clock, when the cycle read it
+    quotes: dict[str, Quote] = field(default_factory=dict)  # what the cycle fetched, for the guards
 
     def summary(self) -> str:
         market = {True: "open", False: "closed", None: "unknown"}[self.market_open]
@@ -63,7 +66,7 @@ def _check_positions(result: CycleResult, owner: str) -> None:
     result.checked = len(positions)
     if not positions:
         return
-    quotes = broker.latest_quotes({p.symbol for p in positions})
+    quotes = result.quotes = broker.latest_quotes({p.symbol for p in positions})
     now = timezone.now()
     max_age = timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS)
     problems = {symbol: quote_problem(quote=quotes.get(symbol), now=now, max_age=max_age)
@@ -113,7 +116,8 @@ def _failed(result: CycleResult, exc: Exception, what: str) -> None:
 
 def _market_open(result: CycleResult) -> bool:
     """Whether positions may be acted on now. The clock is read only when market hours matter."""
-    allowed = exits_allowed()
+    result.clock = market_clock()
+    allowed = exits_allowed(result.clock)
     if settings.MONITOR_MARKET_HOURS_ONLY:
         result.market_open = allowed
     return allowed
@@ -146,6 +150,12 @@ def monitor_cycle(*, owner: str | None = None) -> CycleResult:
             result.messages.append("market closed: positions not checked")
     except (BrokerError, DatabaseError) as exc:
         _failed(result, exc, "cycle")
+    try:
+        guarded = guards_step(clock=result.clock, quotes=result.quotes, outcomes=result.outcomes, owner=owner)
+        result.outcomes.extend(guarded)
+        result.actions += len(guarded)
+    except (BrokerError, DatabaseError) as exc:
+        _failed(result, exc, "guards")
     result.errors += sum(1 for o in result.outcomes if o.state == CloseState.ERROR)
     result.finished_at = timezone.now()
     event_record(kind=RiskEventKind.CYCLE, reason="cycle", message=result.summary(),

@@ -53,7 +53,7 @@ from trading.orders import oco_send, order_cancel, orders_cancel, position_order
 
 from .alerts import alert_send
 from .closing import position_close
-from .finalize import CloseState
+from .finalize import CloseOutcome, CloseState
 from .journal import event_record
 from .levels import protection_levels
 from .models import Alert, AlertKind, RiskEventKind
@@ -392,6 +392,21 @@ def _protect(position: Position, held: Decimal, *, stop: Decimal, target: Decima
                        "target": str(target), "defaults": defaults})
     return ProtectionResult(position, Protection.PROTECTED, ProtectionAction.PROTECTED,
                             f"{levels}, {order.broker_order_id} {order.status}", order=order)
+
+
+def reduced_protect(*, outcomes: list[CloseOutcome]) -> list[ProtectionResult]:
+    """Protect at once what reduces left open (CloseState.REDUCED): an OCO for all each position
+    still holds, at its stop and target (the defaults when it has none). No alert: a reduce is
+    routine; a failure is a risk event, and the audit's to retry."""
+    results = []
+    for outcome in outcomes:
+        if outcome.state != CloseState.REDUCED:
+            continue
+        position = outcome.position
+        stop, target, defaults = protection_levels(position)
+        held = holding(position, position.orders.all()).held
+        results.append(_protect(position, held, stop=stop, target=target, defaults=defaults, dry_run=False))
+    return results
 
 
 def _protect_failed(position: Position, detail: str, order: Order | None = None) -> ProtectionResult:

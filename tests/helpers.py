@@ -61,3 +61,25 @@ def staff_client(username: str, perms: list[str], password: str = "pw-for-tests-
     client = Client(HTTP_X_FORWARDED_PROTO="https")  # production settings redirect plain HTTP
     client.force_login(user)
     return client
+
+
+def token_client(username: str, perms: list[str]):
+    """An API client over HTTPS with a token for a new user holding `perms` ("app.codename")."""
+    from django.contrib.auth.models import Permission, User
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    user = User.objects.create_user(username, password="pw-for-tests-only")
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    client = APIClient(HTTP_X_FORWARDED_PROTO="https")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+def order_posts(exchange, client_order_id: str | None = None) -> list[dict]:
+    """The order POSTs that reached the paper exchange (with this client_order_id)."""
+    return [r for r in exchange.control.requests_log()
+            if r["method"] == "POST" and r["path"] == "/v2/orders"
+            and (client_order_id is None or (r["body"] or {}).get("client_order_id") == client_order_id)]

@@ -15,6 +15,10 @@ BROKER_TIMEOUT_SECONDS = Decimal("3")  # noqa: F405
 BROKER_RETRY_WAIT_SECONDS = 0
 MONITOR_EXIT_FILL_WAIT_SECONDS = Decimal("1")  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# The monitor's guards halt trading on losses and stop-outs, which most tests cause on purpose:
+# off here, switched on by the tests of the guards (tests/test_guards.py).
+DAILY_LOSS_LIMIT = Decimal("0")  # noqa: F405
+STOP_LOSS_GUARD_COUNT = 0
 
 # One test database per run, so runs side by side do not trample each other; on SQLite a
 # file, not memory, so the tests' subprocesses (runmonitor killed and restarted) share it.

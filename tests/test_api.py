@@ -329,7 +329,8 @@ def test_trading_state_shows_the_checklist(api, exchange):
     body = api.get("/api/v1/trading-state").json()
     assert body["state"]["mode"] == "HALTED"
     items = {item["key"]: item for item in body["checklist"]["items"]}
-    assert set(items) == {"test_bracket", "monitor_fresh", "all_protected", "no_old_positions"}
+    assert set(items) == {"test_bracket", "monitor_fresh", "all_protected", "no_old_positions", "daily_loss",
+                          "stop_loss_cooldown"}
     assert body["checklist"]["passed"] is False
     assert not items["test_bracket"]["ok"] and not items["monitor_fresh"]["ok"]
     assert items["all_protected"]["ok"] and items["no_old_positions"]["ok"]

@@ -37,7 +37,7 @@ from risk.trading_state import trading_state_set
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
-# Examples per operation and generation mode. 7 operations x 2 modes x this many requests:
+# Examples per operation and generation mode. 9 operations x 2 modes x this many requests:
 # the file stays well under a minute on SQLite and PostgreSQL.
 EXAMPLES = 200
 
@@ -52,7 +52,7 @@ CHECKS = [
 
 # A rate no fuzz run reaches: throttling is tested in test_security.py, not here.
 UNTHROTTLED = {"user": "100000/min", "orders": "100000/min", "flatten": "100000/min",
-               "trading_state": "100000/min"}
+               "trading_state": "100000/min", "order_gate": "100000/min"}
 
 
 class _Unhandled(logging.Handler):
@@ -144,7 +144,7 @@ def test_every_operation_survives_fuzzing_and_answers_as_documented(api, unhandl
     trading_state_set(mode="ACTIVE", reason="fuzzing")
     submit_bracket_order(symbol="AAPL", quantity=1, side="buy", stop_loss="140", take_profit="160")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 7
+    assert len(operations) >= 9
 
     statuses: Counter = Counter()
     failures: list[str] = []
@@ -194,6 +194,28 @@ def test_the_answers_fuzzing_rarely_reaches_conform_too(api, exchange, unhandled
         exchange.control.add_fault(fault, method="POST", path="/v2/orders")
         send("POST", "/api/v1/orders/test", 502, body=GOOD_ORDER)
         exchange.control.clear_faults()
+
+    # Alpaca refuses a second bracket in a symbol while the first's legs work: a symbol of its own.
+    exchange.control.set_quote("NVDA", "99.99", "100.01")
+    nvda = {**GOOD_ORDER, "symbol": "NVDA", "stop_loss": "95", "take_profit": "110"}
+    gate_order = {**nvda, "client_order_id": "fuzz-by-hand-1"}
+    send("POST", "/api/v1/orders", 409, body=gate_order)  # trading is halted
+    trading_state_set(mode="ACTIVE", reason="the order gate by hand")
+    sent = send("POST", "/api/v1/orders", 201, body=gate_order)
+    send("POST", "/api/v1/orders", 200, body=gate_order)
+    send("POST", "/api/v1/orders", 409, body={**gate_order, "quantity": 2})
+    send("POST", "/api/v1/orders", 422, body={**nvda, "client_order_id": "fuzz-by-hand-2", "quantity": 5000})
+    send("POST", "/api/v1/orders", 422, body={**GOOD_ORDER, "client_order_id": "fuzz-by-hand-3"})  # a wash trade
+    exchange.control.add_fault("http_500", method="POST", path="/v2/orders", count=1)
+    send("POST", "/api/v1/orders", 502, body={**nvda, "client_order_id": "fuzz-by-hand-4"})
+    send("POST", "/api/v1/positions/{id}/reduce", 400, path_parameters={"id": sent["position_id"]},
+         body={"client_order_id": "fuzz-reduce-0", "quantity": 2})
+    send("POST", "/api/v1/positions/{id}/reduce", 201, path_parameters={"id": sent["position_id"]},
+         body={"client_order_id": "fuzz-reduce-1", "quantity": 1})
+    send("POST", "/api/v1/positions/{id}/reduce", 200, path_parameters={"id": sent["position_id"]},
+         body={"client_order_id": "fuzz-reduce-1", "quantity": 1})
+    send("POST", "/api/v1/positions/{id}/reduce", 404, path_parameters={"id": 10**30},
+         body={"client_order_id": "fuzz-reduce-2", "quantity": 1})
 
     first = send("GET", "/api/v1/positions", 200, query={"page_size": 1})
     cursor = parse_qs(urlsplit(first["next"]).query)["cursor"][0]

@@ -61,10 +61,12 @@ def holding(position: Position, orders: Iterable[OrderLike]) -> Holding:
 
 def close_reason_from_fills(fills: Iterable[OrderLike], *, default: str | None) -> str | None:
     """A position closed by its legs alone closed for the reason of its largest leg fill (the
-    stop leg: STOP_LOSS_HIT); when an exit of ours took part, the reason it was claimed for."""
+    stop leg: STOP_LOSS_HIT); when an exit of ours took part, the reason it was claimed for.
+    Exits with no claim behind them (reduces: the position was reopened after them) leave the
+    reason to its legs."""
     fills = list(fills)
     legs = [o for o in fills if o.role in LEG_CLOSE_REASONS]
-    if legs and not any(o.role == OrderRole.EXIT for o in fills):
+    if legs and not (default and any(o.role == OrderRole.EXIT for o in fills)):
         return LEG_CLOSE_REASONS[max(legs, key=lambda o: o.filled_qty).role]
     return default
 

@@ -45,6 +45,7 @@ class CloseReason(models.TextChoices):
     MANUAL = "MANUAL", "Closed by an operator"
     EMERGENCY_STOP = "EMERGENCY_STOP", "Emergency flattening"
     MARKET_CLOSE = "MARKET_CLOSE", "Closed at the market close"
+    REDUCED = "REDUCED", "Reduced by the trading service"
 
 
 class Closer(models.TextChoices):
@@ -56,6 +57,7 @@ class Closer(models.TextChoices):
     PROTECTION = "protection", "The protection audit"
     RECONCILE = "reconcile", "Reconciliation"
     BROKER = "broker", "The broker (its own orders filled)"
+    GATE = "gate", "The trading service (a reduce through the order gate)"
 
 
 class Protection(models.TextChoices):
@@ -125,6 +127,11 @@ class Position(models.Model):
     needs_review = models.BooleanField(default=False)
     review_note = models.TextField(blank=True)
     is_test = models.BooleanField(default=False, help_text="Opened by a test bracket order.")
+    intraday = models.BooleanField(null=True, blank=True,
+                                   help_text="Yes: closed before the market close (EOD_FLATTEN). No: stays overnight. "
+                                             "Unknown: as EOD_FLATTEN says.")
+    keep_quantity = models.DecimalField(**QTY, null=True, blank=True,
+                                        help_text="While closing for a reduce: the quantity that stays open.")
     exit_refusals = models.PositiveSmallIntegerField(default=0, help_text="Exits the broker refused since it was claimed.")
     exit_refused_at = models.DateTimeField(
         null=True, blank=True,
@@ -288,6 +295,7 @@ class Order(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["position", "role"], name="order_position_role_idx")]
+        permissions = [("submit_order", "Can send orders through the order gate")]
 
     def __str__(self) -> str:
         return f"{self.role} {self.side} {self.qty} {self.symbol} ({self.status})"

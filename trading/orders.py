@@ -169,19 +169,26 @@ def _send(order: Order, submit: Callable[[], BrokerOrder]) -> Order:
     return order_apply(order=order, remote=remote)
 
 
-def bracket_send(*, spec: BracketSpec, time_in_force: str, prefix: str) -> Order:
-    """Entry + stop + target as ONE order with order_class=bracket. Raises BrokerError."""
-    entry = Order.objects.create(
-        client_order_id=new_client_order_id(prefix),
-        role=OrderRole.ENTRY,
-        symbol=spec.symbol,
-        side=spec.side,
-        qty=spec.quantity,
-        type=OrderType.MARKET if spec.entry_price is None else OrderType.LIMIT,
-        order_class=OrderClass.BRACKET,
-        time_in_force=time_in_force,
-        limit_price=spec.entry_price,
+def bracket_send(*, spec: BracketSpec, time_in_force: str, prefix: str, client_order_id: str | None = None) -> Order:
+    """Entry + stop + target as ONE order with order_class=bracket. Raises BrokerError.
+
+    With a `client_order_id` (the order gate's, the caller's own) a retry finds the entry
+    written before: one the broker has is read back, never sent again."""
+    entry, _ = Order.objects.get_or_create(
+        client_order_id=client_order_id or new_client_order_id(prefix),
+        defaults=dict(
+            role=OrderRole.ENTRY,
+            symbol=spec.symbol,
+            side=spec.side,
+            qty=spec.quantity,
+            type=OrderType.MARKET if spec.entry_price is None else OrderType.LIMIT,
+            order_class=OrderClass.BRACKET,
+            time_in_force=time_in_force,
+            limit_price=spec.entry_price,
+        ),
     )
+    if entry.broker_order_id:
+        return order_refresh(order=entry)
     return _send(entry, lambda: broker.submit_bracket(
         symbol=spec.symbol, qty=spec.quantity, side=spec.side, stop_loss=spec.stop_loss,
         take_profit=spec.take_profit, entry_price=spec.entry_price, time_in_force=time_in_force,

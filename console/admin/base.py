@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from risk.daily import guard_status
 from risk.selectors import monitor_status, protection_as_of, stream_status
 from trading.selectors import protection_summary, trading_state
 
@@ -90,7 +91,7 @@ class ReadOnlyInline(admin.TabularInline):
 
 def console_status() -> dict:
     """What every console screen shows on top: trading state, protection (and when the broker
-    last confirmed it), the monitor and the stream."""
+    last confirmed it), the monitor, the stream and the guards."""
     monitor, stream = monitor_status(), stream_status()
     return {
         "trading_state": trading_state(),
@@ -98,6 +99,7 @@ def console_status() -> dict:
         "protection_as_of": protection_as_of(monitor=monitor, stream=stream),
         "monitor": monitor,
         "stream": stream,
+        "guards": guard_status(),
     }
 
 

@@ -5,10 +5,12 @@ WWW-Authenticate header), authenticated without the permission -> 403.
 
 | endpoint                         | permission                        |
 |----------------------------------|-----------------------------------|
+| POST /api/v1/orders              | trading.submit_order              |
 | POST /api/v1/orders/test         | trading.add_order                 |
 | GET  /api/v1/orders/{id}         | trading.view_order                |
 | GET  /api/v1/positions           | trading.view_position             |
 | GET  /api/v1/positions/{id}/timeline | trading.view_position         |
+| POST /api/v1/positions/{id}/reduce | trading.submit_order            |
 | POST /api/v1/positions/flatten   | trading.flatten_positions         |
 | GET  /api/v1/trading-state       | trading.view_tradingstatechange   |
 | POST /api/v1/trading-state       | trading.change_trading_mode       |
@@ -18,6 +20,7 @@ WWW-Authenticate header), authenticated without the permission -> 403.
 from rest_framework.permissions import BasePermission, IsAuthenticated
 
 ADD_ORDER = "trading.add_order"
+SUBMIT_ORDER = "trading.submit_order"
 VIEW_ORDER = "trading.view_order"
 VIEW_POSITION = "trading.view_position"
 FLATTEN = "trading.flatten_positions"

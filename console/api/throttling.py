@@ -2,7 +2,7 @@
 
 - `UserThrottle`: every request of an authenticated user, the "user" rate.
 - `WriteScopedThrottle`: the writes (POST, ...) of a view with `throttle_scope`, that scope's rate
-  ("orders", "flatten", "trading_state"); reads of the same view are not counted against it.
+  ("orders", "flatten", "trading_state", "order_gate"); reads of the same view are not counted against it.
 
 Both are checked after authentication and permissions, so an anonymous or unpermitted caller
 gets its 401/403, never a 429, and never uses up anyone's allowance. A throttled request is
@@ -23,6 +23,7 @@ from rest_framework.throttling import ScopedRateThrottle, UserRateThrottle
 ORDERS = "orders"
 FLATTEN = "flatten"
 TRADING_STATE = "trading_state"
+ORDER_GATE = "order_gate"
 
 
 def _user_ident(request) -> str | None:
