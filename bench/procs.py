@@ -77,9 +77,10 @@ def wait_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = No
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def start_exchange(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_exchange(env: dict, log_path: Path, rate_limit: int) -> tuple[subprocess.Popen, str]:
     log = open(log_path, "ab")
-    proc = start([PYTHON, "-m", "bench.exchange"], env=env, stdout=subprocess.PIPE, stderr=log)
+    proc = start([PYTHON, "-m", "bench.exchange", "--rate-limit", str(rate_limit)], env=env, stdout=subprocess.PIPE,
+                 stderr=log)
     log.close()
     line = proc.stdout.readline().decode().strip()
     if not line.startswith("http://127.0.0.1:"):

@@ -34,6 +34,7 @@ MAX_SYMBOLS = 500
 PRICE = Decimal("100")
 QTY = Decimal("10")
 
+EXCHANGE_RATE_LIMIT = int(os.environ.get("BENCH_EXCHANGE_RATE_LIMIT") or 0) or None
 LONG_LEVELS = {"stop_loss": Decimal("95"), "take_profit": Decimal("110")}
 SHORT_LEVELS = {"stop_loss": Decimal("105"), "take_profit": Decimal("90")}
 
@@ -159,16 +160,26 @@ def reset_everything(control) -> None:
 
     call_command("flush", interactive=False, verbosity=0)
     control.reset()
+    control.set_rate_limit(EXCHANGE_RATE_LIMIT)
 
 
-def seed_open_positions(n: int, control) -> dict:
-    """n open positions over min(n, 500) symbols (even symbols long, odd short), with the
-    broker holding each symbol's total so the monitor's exits are accepted."""
+def fresh_minute(control) -> None:
+    """Each measurement starts with the request budget and the exchange's window unspent, so
+    no figure pays for the requests of the one before it."""
+    from trading.models import BrokerBudget
+
+    BrokerBudget.objects.all().delete()
+    control.reset_rate_limit_counts()
+
+
+def seed_open_positions(n: int, control, *, symbols: int | None = None) -> dict:
+    """n open positions over `symbols` symbols (default min(n, 500); even symbols long, odd
+    short), with the broker holding each symbol's total so the monitor's exits are accepted."""
     from django.utils import timezone
 
     from trading.models import Position, PositionStatus, Protection, Side
 
-    symbols = SYMBOLS[: min(n, MAX_SYMBOLS)]
+    symbols = SYMBOLS[: symbols or min(n, MAX_SYMBOLS)]
     now = timezone.now()
     held = Counter()
     rows = []
@@ -230,6 +241,7 @@ def _query_kind(sql: str) -> str:
 
 
 def idle_cycles(control, repeats: int) -> dict:
+    fresh_minute(control)
     run_cycle(control, capture=False)  # warm-up: clients, heartbeat row, caches
     timed = [run_cycle(control, capture=False) for _ in range(repeats)]
     counted = run_cycle(control, capture=True)
@@ -250,22 +262,128 @@ def idle_cycles(control, repeats: int) -> dict:
 
 
 def trigger_cycle(control, n: int, symbols_in_use: int) -> dict:
+    """10% of the positions cross their stop at once (the symbols crossing hold 10% of them),
+    under the exchange's rate limit and the console's request budget."""
+    from django.conf import settings
+
     from trading.models import Position, PositionStatus
 
     crossing = SYMBOLS[: max(1, symbols_in_use // 10)]
     expected = Position.objects.filter(symbol__in=crossing, status=PositionStatus.OPEN).count()
     control.set_quotes([crossing_quote(s) for s in crossing])
+    fresh_minute(control)
     figures = run_cycle(control, capture=True)
     log = figures.pop("log")
     exits = [e for e in log if e["method"] == "POST" and e["path"] == "/v2/orders"]
     last_exit = max((epoch(e["time"]) for e in exits), default=None)
+    trading = [e for e in log if not e["path"].startswith("/v2/stocks/")]
     figures.update(
-        expected_exits=expected,
+        crossing_positions=expected,
+        crossing_symbols=len(crossing),
         exits=len(exits),
+        trading_requests=len(trading),
+        throttled=control.rate_limit().get("throttled", 0),
+        cycle_budget=settings.BROKER_REQUESTS_PER_MINUTE * settings.MONITOR_INTERVAL_SECONDS // 60,
         closed=Position.objects.filter(symbol__in=crossing, status=PositionStatus.CLOSED).count(),
         to_last_exit=(last_exit - figures["started_epoch"]) if last_exit else None,
     )
     return figures
+
+
+def seed_standalone_protection(control, symbols: list[str]) -> None:
+    """One OCO per symbol for the symbol's whole holding, placed at the exchange by "the trading
+    service" (client ids not ours): the positions were adopted from the broker's holdings with
+    standalone protection. Alpaca refuses a second bracket in a symbol while the first's legs
+    work (its wash-trade rule), so twenty brackets a symbol can't happen there; this can."""
+    import requests
+
+    positions = control.state()["positions"]
+    session = requests.Session()
+    session.headers.update({"APCA-API-KEY-ID": "bench", "APCA-API-SECRET-KEY": "bench"})
+    control.set_rate_limit(None)  # seeding is not measured
+    for symbol in symbols:
+        qty = Decimal(str(positions[symbol]["qty"]))
+        long = qty > 0
+        body = {"symbol": symbol, "qty": str(abs(qty)), "side": "sell" if long else "buy", "type": "limit",
+                "time_in_force": "gtc", "order_class": "oco", "client_order_id": f"service-oco-{symbol}",
+                "limit_price": "110" if long else "90",
+                "take_profit": {"limit_price": "110" if long else "90"},
+                "stop_loss": {"stop_price": "95" if long else "105"}}
+        answer = session.post(f"{control.url}/v2/orders", json=body, timeout=30)
+        answer.raise_for_status()
+    control.set_rate_limit(EXCHANGE_RATE_LIMIT)
+
+
+def _wait_reconciled(proc, timeout: float = 300) -> None:
+    """Until runmonitor's start-up reconciliation (beside its cycles) is on record."""
+    from risk.models import Heartbeat
+
+    deadline = time.monotonic() + timeout
+    while not Heartbeat.objects.filter(name="monitor", last_reconcile_at__isnull=False).exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("runmonitor never reconciled")
+        time.sleep(0.2)
+
+
+def _wait_quiet(control, seconds: float = 1.5, timeout: float = 300) -> None:
+    """Until the exchange has seen no request for `seconds`."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while time.monotonic() < deadline:
+        count = len(control.requests_log())
+        if count == seen:
+            return
+        seen = count
+        time.sleep(seconds)
+
+
+def flatten_everything(control, env: dict, n: int, tag: str) -> dict:
+    """Flatten everything as the admin does it (in this process: the web), with `runmonitor`
+    (default 30 s interval) carrying on what the request budget holds back; until every
+    position is closed. Under the exchange's rate limit and the console's budget."""
+    from django.conf import settings
+
+    from risk.flatten import flatten
+    from trading.models import Position, PositionStatus
+
+    reset_everything(control)
+    seed = seed_open_positions(n, control, symbols=min(n // 2, MAX_SYMBOLS))  # 100 over 50, then 500
+    symbols = SYMBOLS[: seed["symbols"]]
+    seed_standalone_protection(control, symbols)
+    log_path = BENCH_VAR / f"runmonitor-flatten-{tag}.log"
+    initial = _heartbeat_cycles()
+    with open(log_path, "wb") as log:
+        proc = procs.start([procs.PYTHON, "manage.py", "runmonitor"], env=env, stdout=log, stderr=log)
+    try:
+        _wait_for_cycle(initial, proc, timeout=300)  # started: first cycle done
+        _wait_reconciled(proc)
+        _wait_quiet(control, seconds=3)  # and the protection audit after the reconciliation
+        fresh_minute(control)
+        control.clear_requests_log()
+        started = time.perf_counter()
+        result = flatten(user=None)
+        returned = time.perf_counter() - started
+        states = Counter(o.state for o in result.outcomes)
+        deadline = time.monotonic() + 900
+        while Position.objects.active().exists() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        flat = time.perf_counter() - started
+    finally:
+        procs.stop(proc)
+    limit = control.rate_limit()
+    log = control.requests_log()
+    trading = [e for e in log if not e["path"].startswith("/v2/stocks/")]
+    return {
+        "positions": n, "symbols": seed["symbols"], "open_orders": len(symbols),
+        "requests": limit.get("requests", len(trading)), "throttled": limit.get("throttled", 0),
+        "request_kinds": dict(Counter(path_kind(e["method"], e["path"]) for e in trading)),
+        "flatten_call": returned, "until_flat": flat, "states": dict(states),
+        "left_active": Position.objects.active().count(),
+        "closed": Position.objects.filter(status=PositionStatus.CLOSED, exit_price__isnull=False).count(),
+        "needs_review": Position.objects.filter(needs_review=True).count(),
+        "budget": settings.BROKER_REQUESTS_PER_MINUTE, "exchange_limit": EXCHANGE_RATE_LIMIT,
+        "cancelled_orders": result.cancelled_orders, "errors": result.errors,
+    }
 
 
 def housekeeping_runs(control) -> dict:
@@ -281,11 +399,15 @@ def housekeeping_runs(control) -> dict:
     runs = []
     with override_settings(PROTECTION_POLICY="alert"):
         for _ in range(2):
+            fresh_minute(control)
             control.clear_requests_log()
             HTTP.reset()
             wall0, cpu0 = time.perf_counter(), time.process_time()
             with QueryCounter() as ctx:
                 housekeeping()
+                for thread in threading.enumerate():  # its sweep of undelivered alerts: counted every time
+                    if thread.name == "alerts-pending":
+                        thread.join(10)
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             log = control.requests_log()
             runs.append({"wall": wall, "cpu": cpu, "http": HTTP.seconds, "queries": len(ctx.queries),
@@ -318,9 +440,10 @@ def profile_cycle(control, crossing: list[str] = ()) -> str:
 # --- The monitor as a real process ----------------------------------------------------------------
 
 
-def runmonitor_once_rss(env: dict, tag: str) -> dict:
+def runmonitor_once_rss(control, env: dict, tag: str) -> dict:
     """Peak RSS of `runmonitor --once` (one no-action cycle), read for that process alone."""
     log_path = BENCH_VAR / f"runmonitor-once-{tag}.log"
+    fresh_minute(control)
     with open(log_path, "wb") as log:
         started = time.perf_counter()
         proc = procs.start([procs.PYTHON, "manage.py", "runmonitor", "--once"], env=env, stdout=log, stderr=log)
@@ -353,6 +476,7 @@ def detection_latency(control, env: dict, *, interval: float, samples: int, symb
     if samples <= 0:
         return {"interval": interval, "samples": []}
     log_path = BENCH_VAR / f"runmonitor-{tag}-{interval:g}s.log"
+    fresh_minute(control)
     rng = random.Random(7)
     latencies, misses = [], 0
     initial = _heartbeat_cycles()
@@ -529,7 +653,12 @@ def api_throughput(control, env: dict, *, requests_total: int, clients: int, wor
     log_path = BENCH_VAR / f"gunicorn-{os.environ.get('BENCH_DB', 'db')}.log"
     api_env = {**env, "DJANGO_DEBUG": "false", "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
                "DJANGO_SECURE_SSL_REDIRECT": "false", "LOG_LEVEL": "WARNING",
-               "DJANGO_SETTINGS_MODULE": "bench.api_settings"}  # throttling raised: see that module
+               "DJANGO_SETTINGS_MODULE": "bench.api_settings",  # throttling raised: see that module
+               "BROKER_REQUESTS_PER_MINUTE": "0"}  # it measures the web server, not the broker's limit
+    control.set_rate_limit(None)
+    # 400 brackets on 20 symbols: Alpaca refuses a second bracket in a symbol while the first one's
+    # legs work (its wash-trade rule), so with the rule on nearly all would be refused 502s.
+    control.set_rules(wash_trade=False)
     with open(log_path, "wb") as log:
         proc = procs.start([procs.PYTHON, "-m", "gunicorn", "catalyst.wsgi:application", "--bind", f"127.0.0.1:{port}",
                             "--workers", str(workers), "--timeout", "60", "--graceful-timeout", "10"],
@@ -611,7 +740,7 @@ def main() -> None:
     parser.add_argument("--api-clients", type=int, default=8)
     parser.add_argument("--api-workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--skip", default="", help="comma list of: latency,admin,api,stream")
+    parser.add_argument("--skip", default="", help="comma list of: latency,admin,api,flatten,stream")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
 
@@ -648,7 +777,7 @@ def main() -> None:
         progress(f"{n} positions: housekeeping (reconcile + protection audit)")
         size["housekeeping"] = housekeeping_runs(control)
         progress(f"{n} positions: runmonitor --once (peak RSS)")
-        size["once"] = runmonitor_once_rss(env, f"{results['db']}-{n}")
+        size["once"] = runmonitor_once_rss(control, env, f"{results['db']}-{n}")
         progress(f"{n} positions: cycle with 10% crossing their stop")
         size["trigger"] = trigger_cycle(control, n, size["seed"]["symbols"])
         size["trigger_post_idle"] = {k: v for k, v in run_cycle(control, capture=True).items() if k != "log"}
@@ -667,6 +796,9 @@ def main() -> None:
         if args.profile and n == max(sizes):
             progress(f"{n} positions: profiling a cycle that exits the positions of 5 symbols")
             size["profile_trigger"] = profile_cycle(control, crossing=spare[:5])
+        if "flatten" not in skip:
+            progress(f"{n} positions: flatten everything under the rate limit, runmonitor carrying on")
+            size["flatten"] = flatten_everything(control, env, n, f"{results['db']}-{n}")
         save()
 
     if "admin" not in skip:

@@ -311,6 +311,12 @@ BROKER_TIMEOUT_SECONDS = envdecimal("BROKER_TIMEOUT_SECONDS", "10", minimum="0.1
 BROKER_RETRY_ATTEMPTS = envint("BROKER_RETRY_ATTEMPTS", 2)
 BROKER_RETRY_WAIT_SECONDS = envint("BROKER_RETRY_WAIT_SECONDS", 1, minimum=1)
 BROKER_QUOTE_BATCH_SIZE = envint("BROKER_QUOTE_BATCH_SIZE", 200, minimum=1)
+# One request budget for the trading API, shared by every process (trading/budget.py): Alpaca
+# allows 200 a minute per account and the trading service spends from the same keys. 0: none.
+BROKER_REQUESTS_PER_MINUTE = envint("BROKER_REQUESTS_PER_MINUTE", 150)
+BROKER_PROTECT_SHARE_PERCENT = envint("BROKER_PROTECT_SHARE_PERCENT", 80, minimum=1)
+BROKER_READ_SHARE_PERCENT = envint("BROKER_READ_SHARE_PERCENT", 60, minimum=1)
+BROKER_BUDGET_WAIT_SECONDS = envdecimal("BROKER_BUDGET_WAIT_SECONDS", "10")
 BRACKET_TIME_IN_FORCE = envchoice("BRACKET_TIME_IN_FORCE", "gtc", ("gtc", "day"))
 TEST_ORDER_MAX_QTY = envdecimal("TEST_ORDER_MAX_QTY", "1", minimum="0.000000001")
 
@@ -330,6 +336,7 @@ PROTECTION_DEFAULT_STOP_PERCENT = envdecimal("PROTECTION_DEFAULT_STOP_PERCENT", 
 PROTECTION_DEFAULT_TARGET_PERCENT = envdecimal("PROTECTION_DEFAULT_TARGET_PERCENT", "4", minimum="0.01")
 STREAM_PING_SECONDS = envint("STREAM_PING_SECONDS", 5, minimum=1)
 STREAM_HEALTHY_SECONDS = envint("STREAM_HEALTHY_SECONDS", 15, minimum=2)
+FLATTEN_SEND_SECONDS = envdecimal("FLATTEN_SEND_SECONDS", "20", minimum="1")
 CHECKLIST_MAX_POSITION_AGE_HOURS = envint("CHECKLIST_MAX_POSITION_AGE_HOURS", 72, minimum=1)
 
 # --- The order gate: pre-trade limits (the defaults of the admin's one row; 0 = no limit) ----------

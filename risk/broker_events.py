@@ -72,15 +72,16 @@ def _effects(update: TradeUpdate, row: Order) -> str:
     top = row.parent or row
     if update.event in FILLS and (row.parent_id or top.legs.exists()):
         order_refresh(order=top)  # the sibling's cancel is not reported: read the group back
-    position = top.position or row.position
-    if position is None:
-        return f"order {row.client_order_id} now {row.status}"
-    position = Position.objects.get(pk=position.pk)
-    change = position_follow(position=position)
-    if change == Change.UNPROTECTED:
-        results = protection_audit(positions=[position])  # PROTECTION_POLICY, at once
-        return f"#{position.pk} unprotected: " + "; ".join(r.line() for r in results)
-    return f"#{position.pk} {change}" if change != Change.NONE else f"order {row.client_order_id} now {row.status}"
+    ids = {top.position_id or row.position_id} | set(row.shares.values_list("position_id", flat=True))
+    done = []
+    for position in Position.objects.filter(pk__in=ids - {None}):  # an exit netted over several: each
+        change = position_follow(position=position)
+        if change == Change.UNPROTECTED:
+            results = protection_audit(positions=[position])  # PROTECTION_POLICY, at once
+            done.append(f"#{position.pk} unprotected: " + "; ".join(r.line() for r in results))
+        elif change != Change.NONE:
+            done.append(f"#{position.pk} {change}")
+    return "; ".join(done) or f"order {row.client_order_id} now {row.status}"
 
 
 def trade_update_apply(*, message: dict) -> Applied:

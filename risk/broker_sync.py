@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from trading import broker
 from trading.holdings import order_tops
-from trading.models import Order, Position
+from trading.models import ExitShare, Order, Position
 from trading.orders import order_refresh
 
 from .follow import Change, position_follow
@@ -47,10 +47,11 @@ def broker_sync(*, by: str = MONITOR) -> SyncReport:
     stale_pks = [pk for pk, broker_id in ours.values_list("pk", "broker_order_id") if broker_id not in live_ids]
     stale = list(Order.objects.filter(pk__in=stale_pks).select_related("parent")) if stale_pks else []
     report.changed_orders = len(stale)
-    touched: set[int] = set()
-    for top in order_tops(stale):
+    tops = order_tops(stale)
+    for top in tops:
         order_refresh(order=top)
-        touched.add(top.position_id)
+    touched = {top.position_id for top in tops} | set(  # an exit netted over several positions has none
+        ExitShare.objects.filter(order__in=tops).values_list("position_id", flat=True))
     unprotected = []
     for position in Position.objects.filter(pk__in=touched - {None}):
         change = position_follow(position=position)

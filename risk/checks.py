@@ -27,6 +27,28 @@ def monitor_settings_check(app_configs, **kwargs):
     if not settings.ALPACA_PAPER and not (settings.ALPACA_API_KEY and settings.ALPACA_SECRET_KEY):
         problems.append(Error("ALPACA_PAPER=false (live trading) needs ALPACA_API_KEY and ALPACA_SECRET_KEY",
                               id="trading.E001"))
+    problems += _budget_problems()
+    return problems
+
+
+ALPACA_REQUESTS_PER_MINUTE = 200  # Alpaca's trading API, per account
+
+
+def _budget_problems() -> list:
+    problems = []
+    if not (settings.BROKER_READ_SHARE_PERCENT <= settings.BROKER_PROTECT_SHARE_PERCENT <= 100):
+        problems.append(Error(
+            "BROKER_READ_SHARE_PERCENT must not exceed BROKER_PROTECT_SHARE_PERCENT, nor that 100",
+            hint="Exits may use the whole budget, protective orders less, reads least: that is what keeps "
+                 "requests for exits.", id="trading.E002"))
+    if settings.BROKER_REQUESTS_PER_MINUTE > ALPACA_REQUESTS_PER_MINUTE:
+        problems.append(Error(
+            f"BROKER_REQUESTS_PER_MINUTE ({settings.BROKER_REQUESTS_PER_MINUTE}) is above Alpaca's "
+            f"{ALPACA_REQUESTS_PER_MINUTE} a minute per account", id="trading.E003"))
+    if settings.ALPACA_API_KEY and not settings.BROKER_REQUESTS_PER_MINUTE:
+        problems.append(Warning(
+            "BROKER_REQUESTS_PER_MINUTE=0: no request budget against Alpaca, so a burst of exits meets 429s",
+            id="trading.W001"))
     return problems
 
 

@@ -1,20 +1,26 @@
 """Emergency flattening and manual closing, for the admin and the API.
 
-flatten: halt trading (unless already halted), cancel open orders (all but working exits), then close the
-positions through `positions_close`, the one safe close path. Doing it twice does nothing
-more: the claim (open -> closing) lets one caller close a position, a second gets
-"skipped".
+flatten: halt trading (unless already halted), then close the positions through
+`positions_close`, the one safe close path, exits netted per symbol. Flattening everything
+reads and cancels in as few requests as the broker allows: every open order cancelled in ONE
+request (a working exit with them: what it filled first is on its positions before the rest
+of them joins the netted exit), the orders and the positions read back in one request each,
+then one exit per symbol and side. Doing it twice does nothing more: the claim (open ->
+closing) lets one caller close a position, a second gets "skipped".
 """
 
 import logging
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import Prefetch
 from django.template.defaultfilters import pluralize
 
-from trading import broker
+from trading import broker, budget
 from trading.broker import BrokerError
+from trading.budget import Priority
 from trading.models import (
     CloseReason,
     Closer,
@@ -24,10 +30,10 @@ from trading.models import (
     TradingMode,
     TradingStateChange,
 )
-from trading.orders import open_orders_cancel_except_exits
+from trading.orders import orders_cancel_all
 from trading.selectors import trading_state
 
-from .closing import positions_close
+from .closing import Shared, claimed_close, positions_close
 from .finalize import CloseOutcome, CloseState
 from .journal import event_record
 from .models import RiskEventKind
@@ -146,23 +152,51 @@ def flatten(*, user, positions=None) -> FlattenResult:
     result = FlattenResult(outcomes=[])
     if trading_state().mode != TradingMode.HALTED:
         result.halted = trading_state_set(mode=TradingMode.HALTED, reason=f"emergency flatten by {who}", user=user)
-    if positions is None:
-        targets = list(Position.objects.filter(status__in=[PositionStatus.PENDING, *ACTIVE]).order_by("id"))
-        try:
-            result.cancelled_orders = open_orders_cancel_except_exits()
-        except BrokerError as exc:
-            # Each close still cancels its own position's legs before exiting.
-            result.errors.append(f"cancelling all orders failed: {exc}")
-            log.error("flatten: cancel all orders failed: %s", exc)
-    else:
+    owner = f"flatten-{who}"[:64]
+    if positions is not None:
         targets = _positions_for(positions)
+        _flatten_recorded(who, targets, result, everything=False)
+        result.outcomes = positions_close(positions=targets, reason=CloseReason.EMERGENCY_STOP, by=Closer.FLATTEN,
+                                         owner=owner)
+        return result
+    targets = list(Position.objects.filter(status__in=[PositionStatus.PENDING, *ACTIVE]).order_by("id"))
+    until = time.monotonic() + float(settings.FLATTEN_SEND_SECONDS)  # a web request must end: the monitor carries on
+    with budget.priority(Priority.EXIT):
+        shared = _everything_cancelled(result)
+    shared.until = until
+    _flatten_recorded(who, targets, result, everything=True)
+    outcomes = positions_close(positions=[p for p in targets if p.status != PositionStatus.CLOSING],
+                               reason=CloseReason.EMERGENCY_STOP, by=Closer.FLATTEN, owner=owner, shared=shared)
+    closing = [p.pk for p in targets if p.status == PositionStatus.CLOSING]
+    if closing:  # their working exits were cancelled with the rest: what is left of them goes out now
+        outcomes = [o for o in outcomes if o.position.pk not in closing] + claimed_close(closing, owner, until=until)
+    order = {p.pk: i for i, p in enumerate(targets)}
+    result.outcomes = sorted(outcomes, key=lambda o: order[o.position.pk])
+    return result
+
+
+def _everything_cancelled(result: FlattenResult) -> Shared:
+    """Every open order cancelled in one request, the orders and the broker's positions read
+    back in one each (after the cancel, so what filled meanwhile shows)."""
+    shared = Shared()
+    try:
+        result.cancelled_orders, shared.remote = orders_cancel_all()
+    except BrokerError as exc:  # each close still cancels its own position's legs before exiting
+        result.errors.append(f"cancelling all orders failed: {exc}")
+        log.error("flatten: cancel all orders failed: %s", exc)
+    try:
+        shared.positions = {p.symbol: p for p in broker.list_positions()}
+    except BrokerError as exc:  # each symbol asks for its own
+        result.errors.append(f"reading the broker's positions failed: {exc}")
+        log.error("flatten: reading the broker's positions failed: %s", exc)
+    return shared
+
+
+def _flatten_recorded(who: str, targets: list[Position], result: FlattenResult, *, everything: bool) -> None:
     event_record(kind=RiskEventKind.TRADING_STATE, reason=CloseReason.EMERGENCY_STOP,
                  message=f"emergency flatten by {who}: {len(targets)} position{pluralize(len(targets))}"
-                         + ("" if positions is not None else f", {result.cancelled_orders} orders cancelled"),
-                 data={"positions": [p.pk for p in targets], "user": who, "everything": positions is None})
-    result.outcomes = positions_close(positions=targets, reason=CloseReason.EMERGENCY_STOP, by=Closer.FLATTEN,
-                                     owner=f"flatten-{who}"[:64])
-    return result
+                         + (f", {result.cancelled_orders} orders cancelled" if everything else ""),
+                 data={"positions": [p.pk for p in targets], "user": who, "everything": everything})
 
 
 def close_manually(*, user, positions) -> list[CloseOutcome]:

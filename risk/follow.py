@@ -12,11 +12,11 @@ from enum import StrEnum
 
 from django.utils import timezone
 
-from trading.holdings import close_reason_from_fills, holding
+from trading.holdings import close_reason_from_fills, holding, position_orders
 from trading.models import Closer, Order, OrderRole, Position, PositionStatus, Protection
 from trading.orders import orders_cancel
 
-from .claims import closing_lock, closing_unlock, position_claim
+from .claims import closings_lock, closings_unlock, position_claim
 from .finalize import position_finalize
 from .journal import event_record
 from .models import RiskEventKind
@@ -76,13 +76,13 @@ def _closed_at_broker(position: Position, orders: list[Order]) -> Change:
         reason = close_reason_from_fills(h.fills, default=position.close_reason)
         if not position_claim(position_id=position.pk, reason=reason, owner=FOLLOWER, by=Closer.BROKER):
             return Change.NONE  # someone else is closing it: they finish
-    elif not closing_lock(position_id=position.pk, owner=FOLLOWER):
+    elif not closings_lock(position_ids=[position.pk], owner=FOLLOWER):
         return Change.NONE
     try:
         position.refresh_from_db()
-        position_finalize(position, list(position.orders.all()))
+        position_finalize(position, position_orders(position))
     finally:
-        closing_unlock(position_id=position.pk, owner=FOLLOWER)
+        closings_unlock(position_ids=[position.pk], owner=FOLLOWER)
     return Change.CLOSED
 
 
@@ -104,7 +104,7 @@ def _protection(position: Position, orders: list[Order], held: Decimal) -> Chang
 
 def position_follow(*, position: Position, orders: list[Order] | None = None) -> Change:
     """Bring one position in line with its orders as last read from the broker."""
-    orders = list(position.orders.all()) if orders is None else orders
+    orders = position_orders(position) if orders is None else orders
     if position.status == PositionStatus.PENDING:
         return _pending(position, orders)
     if position.status not in (PositionStatus.OPEN, PositionStatus.CLOSING):

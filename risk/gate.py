@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from trading import broker
 from trading.broker import BrokerError
-from trading.holdings import holding
+from trading.holdings import holding, position_orders
 from trading.models import Order, OrderStatus, Position, PositionStatus, TradingMode
 from trading.orders import bracket_send, order_read
 from trading.selectors import trading_state
@@ -409,7 +409,7 @@ def position_reduce_submit(*, client_order_id: object, position_id: int, quantit
         raise TradingHalted(f"trading is {mode}: nothing is sent for the trading service ({trading_state().reason})")
     if position.status != PositionStatus.OPEN:
         raise GateRefused(Refusal.POSITION_NOT_OPEN, f"position #{position.pk} is {position.status}: nothing to reduce")
-    held = holding(position, position.orders.all()).held
+    held = holding(position, position_orders(position)).held
     if qty > held:
         raise OrderValidationError({"quantity": f"{qty.normalize():f} is more than the {held.normalize():f} "
                                                 f"{position.symbol} position #{position.pk} holds"})

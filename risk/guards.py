@@ -117,17 +117,18 @@ def daily_loss_check(*, quotes: dict[str, Quote], now: datetime | None = None) -
     return result.outcomes
 
 
-def guards_step(*, clock: Clock | None, quotes: dict[str, Quote], outcomes: list[CloseOutcome],
+def guards_step(*, clock: Clock | None, clock_failed: bool, quotes: dict[str, Quote], outcomes: list[CloseOutcome],
                 owner: str) -> list[CloseOutcome]:
     """The monitor's step after checking positions; returns the closes it started.
 
-    `clock` is the one the cycle read. None: its read failed (already recorded: what needs the
-    clock waits for the next cycle), or the cycle does not read it (MONITOR_MARKET_HOURS_ONLY
-    off: read here, and only when the kill switch is on or an intraday position is open)."""
+    `clock` is the one the cycle read. None: its read failed (`clock_failed`, already recorded:
+    what needs the clock waits for the next cycle), or the cycle did not read it (nothing to
+    check, or MONITOR_MARKET_HOURS_ONLY off: read here, and only when the kill switch is on or
+    an intraday position is open)."""
     reduced_protect(outcomes=outcomes)
     stop_loss_guard()
     if clock is None:
-        if settings.MONITOR_MARKET_HOURS_ONLY or not (settings.DAILY_LOSS_LIMIT or eod_candidates().exists()):
+        if clock_failed or not (settings.DAILY_LOSS_LIMIT or eod_candidates().exists()):
             return []
         clock = broker.clock()
     closes = end_of_day_flatten(clock=clock, owner=owner)

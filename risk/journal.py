@@ -2,10 +2,11 @@
 
 import json
 import logging
+from contextlib import nullcontext
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 
 from trading.models import Position
 
@@ -43,12 +44,24 @@ def event_record(
         message=message,
         data=data or {},
     )
-    log_line({"event": kind, "position": position.pk if position else None, "symbol": event.symbol,
-              "price": price, "quote_time": quote_time, "reason": reason, "message": message})
+    return event if events_record(events=[event]) else None
+
+
+def events_record(*, events: list[RiskEvent]) -> bool:
+    """Append many risk events in one insert, one log line each. False (logged, never raised)
+    when the database refused them."""
+    for event in events:
+        event.reason = event.reason[:255]
+        log_line({"event": event.kind, "position": event.position_id, "symbol": event.symbol, "price": event.price,
+                  "quote_time": event.quote_time, "reason": event.reason, "message": event.message})
     try:
-        with transaction.atomic():  # a savepoint: a failed insert must not poison the caller's transaction
-            event.save()
+        # inside a transaction, a savepoint: a failed insert must not poison the caller's transaction
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            if len(events) == 1:
+                events[0].save()
+            else:
+                RiskEvent.objects.bulk_create(events)  # as few inserts as the database takes
     except DatabaseError as exc:
-        log.exception("risk event not stored (%s): %s", type(exc).__name__, exc)
-        return None
-    return event
+        log.exception("%d risk events not stored (%s): %s", len(events), type(exc).__name__, exc)
+        return False
+    return True

@@ -16,11 +16,13 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from django.db.models import F, Q, Value
 from django.utils import timezone
 
-from trading import broker
-from trading.broker import BrokerError, Clock, Quote
-from trading.models import Closer, Position, Side
+from trading import broker, budget
+from trading.broker import BrokerError, BrokerThrottled, Clock, Quote
+from trading.budget import Priority
+from trading.models import WATCHED, Closer, Position, PositionStatus, Side
 
 from .alerts import alert_send, alerts_deliver_pending_in_background
 from .broker_sync import broker_sync
@@ -52,6 +54,7 @@ class CycleResult:
     outcomes: list[CloseOutcome] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     clock: Clock | None = None  # the broker's clock, when the cycle read it
+    clock_failed: bool = False  # reading it failed (recorded): what needs it waits for the next cycle
     quotes: dict[str, Quote] = field(default_factory=dict)  # what the cycle fetched, for the guards
 
     def summary(self) -> str:
@@ -61,8 +64,16 @@ class CycleResult:
         return text + (f" ({'; '.join(self.messages)})" if self.messages else "")
 
 
-def _check_positions(result: CycleResult, owner: str) -> None:
-    positions = list(Position.objects.watched().only("id", "symbol", "side", "stop_loss", "take_profit"))
+def _watched() -> tuple[list[int], list[Position]]:
+    """In one query: the closings to carry on, and the open positions to check
+    (`PositionQuerySet.watched`)."""
+    rows = list(Position.objects.filter(Q(status=PositionStatus.CLOSING) | WATCHED)
+                .only("id", "symbol", "side", "stop_loss", "take_profit", "status"))
+    return ([p.pk for p in rows if p.status == PositionStatus.CLOSING],
+            [p for p in rows if p.status == PositionStatus.OPEN])
+
+
+def _check_positions(result: CycleResult, owner: str, positions: list[Position]) -> None:
     result.checked = len(positions)
     if not positions:
         return
@@ -116,7 +127,9 @@ def _failed(result: CycleResult, exc: Exception, what: str) -> None:
 
 def _market_open(result: CycleResult) -> bool:
     """Whether positions may be acted on now. The clock is read only when market hours matter."""
+    result.clock_failed = True  # until it is read
     result.clock = market_clock()
+    result.clock_failed = False
     allowed = exits_allowed(result.clock)
     if settings.MONITOR_MARKET_HOURS_ONLY:
         result.market_open = allowed
@@ -131,27 +144,38 @@ def monitor_cycle(*, owner: str | None = None) -> CycleResult:
     owner = owner or f"cycle-{uuid.uuid4().hex[:12]}"
     result = CycleResult(started_at=timezone.now())
     try:
-        if stream_status().stale:
+        if stream_status().stale:  # no stream to follow the broker: catch up with it now
             sync = broker_sync()
             if sync.changes:
                 result.messages.append(sync.summary())
+    except BrokerThrottled as exc:  # the budget went to exits: the next cycle syncs
+        result.messages.append(f"broker sync postponed: {exc}")
     except (BrokerError, DatabaseError) as exc:
         _failed(result, exc, "broker sync")
+    with budget.priority(Priority.EXIT):  # detection and its exits come before any read
+        try:
+            closing, positions = _watched()
+        except DatabaseError as exc:
+            _failed(result, exc, "cycle")
+            closing, positions = [], []
+        try:
+            resumed = closings_progress(owner=owner, position_ids=closing)
+            result.outcomes.extend(resumed)
+            result.actions += sum(1 for o in resumed if o.state in (CloseState.CLOSED, CloseState.EXIT_PENDING))
+        except (BrokerError, DatabaseError) as exc:
+            _failed(result, exc, "closings")
+        try:
+            if positions and _market_open(result):  # nothing to check: the clock is not asked either
+                _check_positions(result, owner, positions)
+            elif positions:
+                result.messages.append("market closed: positions not checked")
+        except BrokerThrottled as exc:  # the budget went to exits: the next cycle checks
+            result.messages.append(f"positions not checked: {exc}")
+        except (BrokerError, DatabaseError) as exc:
+            _failed(result, exc, "cycle")
     try:
-        resumed = closings_progress(owner=owner)
-        result.outcomes.extend(resumed)
-        result.actions += sum(1 for o in resumed if o.state in (CloseState.CLOSED, CloseState.EXIT_PENDING))
-    except (BrokerError, DatabaseError) as exc:
-        _failed(result, exc, "closings")
-    try:
-        if _market_open(result):
-            _check_positions(result, owner)
-        else:
-            result.messages.append("market closed: positions not checked")
-    except (BrokerError, DatabaseError) as exc:
-        _failed(result, exc, "cycle")
-    try:
-        guarded = guards_step(clock=result.clock, quotes=result.quotes, outcomes=result.outcomes, owner=owner)
+        guarded = guards_step(clock=result.clock, clock_failed=result.clock_failed, quotes=result.quotes,
+                              outcomes=result.outcomes, owner=owner)
         result.outcomes.extend(guarded)
         result.actions += len(guarded)
     except (BrokerError, DatabaseError) as exc:
@@ -166,22 +190,21 @@ def monitor_cycle(*, owner: str | None = None) -> CycleResult:
 
 
 def heartbeat_write(*, result: CycleResult) -> None:
+    """One UPDATE of the cycle's own fields (a reconciliation may be writing its own meanwhile);
+    the row is made on the first cycle, and read back only after a failing cycle."""
+    fields = dict(started_at=result.started_at, finished_at=result.finished_at, positions_checked=result.checked,
+                  actions=result.actions, errors=result.errors, cycles=F("cycles") + 1, market_open=result.market_open,
+                  consecutive_error_cycles=F("consecutive_error_cycles") + 1 if result.errors else Value(0),
+                  last_error=Value("; ".join(result.messages) or f"{result.errors} positions failed to close")
+                  if result.errors else F("last_error"),
+                  last_error_at=Value(result.finished_at) if result.errors else F("last_error_at"))
     try:
-        heartbeat, _ = Heartbeat.objects.get_or_create(name=MONITOR)
-        heartbeat.started_at = result.started_at
-        heartbeat.finished_at = result.finished_at
-        heartbeat.positions_checked = result.checked
-        heartbeat.actions = result.actions
-        heartbeat.errors = result.errors
-        heartbeat.cycles += 1
-        heartbeat.market_open = result.market_open
-        heartbeat.consecutive_error_cycles = heartbeat.consecutive_error_cycles + 1 if result.errors else 0
-        if result.errors:
-            heartbeat.last_error = "; ".join(result.messages) or f"{result.errors} positions failed to close"
-            heartbeat.last_error_at = result.finished_at
-        # only the cycle's own fields: a reconciliation may be writing its own meanwhile
-        heartbeat.save(update_fields=["started_at", "finished_at", "positions_checked", "actions", "errors", "cycles",
-                                      "market_open", "consecutive_error_cycles", "last_error", "last_error_at"])
+        if not Heartbeat.objects.filter(name=MONITOR).update(**fields):
+            Heartbeat.objects.get_or_create(name=MONITOR)
+            Heartbeat.objects.filter(name=MONITOR).update(**fields)
+        if not result.errors:
+            return
+        heartbeat = Heartbeat.objects.get(name=MONITOR)
     except DatabaseError as exc:
         log.error("heartbeat not stored (%s): %s", type(exc).__name__, exc)
         return

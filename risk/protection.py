@@ -35,7 +35,7 @@ from django.utils import timezone
 
 from trading import broker
 from trading.broker import BrokerError, BrokerOrder
-from trading.holdings import RemoteOrders, holding, order_views
+from trading.holdings import RemoteOrders, holding, order_views, position_orders, with_orders
 from trading.models import (
     STOP_TYPES,
     CloseReason,
@@ -54,10 +54,10 @@ from trading.orders import oco_send, order_cancel, orders_cancel, position_order
 from .alerts import alert_send
 from .closing import position_close
 from .finalize import CloseOutcome, CloseState
-from .journal import event_record
+from .journal import event_record, events_record
 from .levels import protection_levels
-from .models import Alert, AlertKind, RiskEventKind
 from .market import exits_allowed
+from .models import Alert, AlertKind, RiskEvent, RiskEventKind
 from .rules import exit_price, quote_problem, trigger_reason
 
 log = logging.getLogger("risk.protection")
@@ -67,6 +67,7 @@ ZERO = Decimal("0")
 LIST_LIMIT = 500
 OCO_TIME_IN_FORCE = "gtc"
 ALERT_REPEAT = timedelta(hours=1)  # the alert policy re-alerts a still-unprotected position at most hourly
+ALERTS_EACH_AT_MOST = 10  # more found unprotected at once: one alert for them all
 BRACKET_CLASSES = (OrderClass.BRACKET, OrderClass.OTO)
 
 
@@ -148,10 +149,11 @@ def _live_stops(orders: list[BrokerOrder]) -> list[_Stop]:
 
 
 def _selected(positions) -> list[Position]:
+    """With their orders and exit shares, so judging them costs no query per position."""
     if positions is None:
-        return list(Position.objects.open().order_by("symbol", "pk"))
+        return list(with_orders(Position.objects.open()).order_by("symbol", "pk"))
     ids = [p.pk if isinstance(p, Position) else int(p) for p in positions]
-    return list(Position.objects.filter(pk__in=ids).order_by("symbol", "pk"))
+    return list(with_orders(Position.objects.filter(pk__in=ids)).order_by("symbol", "pk"))
 
 
 def protection_audit(*, policy: str | None = None, dry_run: bool = False, positions=None) -> list[ProtectionResult]:
@@ -177,12 +179,10 @@ def protection_audit(*, policy: str | None = None, dry_run: bool = False, positi
     tops = {order.id: order for order in broker.list_orders_open_and_recent(symbols=symbols, limit=LIST_LIMIT)}
     judged = _held(candidates, tops, results, dry_run=dry_run)
     now = timezone.now()
-    unprotected = []
+    protected, unprotected = [], []
     for position, held, covered in _covered(judged, candidates, tops):
-        if covered >= held:
-            results.append(_protected(position, held, covered, now, dry_run))
-        else:
-            unprotected.append((position, held, covered))
+        (protected if covered >= held else unprotected).append((position, held, covered))
+    results.extend(_protected(protected, now, dry_run))
     results.extend(_policy_apply(unprotected, policy=policy, now=now, dry_run=dry_run))
     return results
 
@@ -194,7 +194,7 @@ def _held(candidates: list[Position], tops: dict[str, BrokerOrder], results: lis
     remote = RemoteOrders(tops.values())
     judged = []
     for position in candidates:
-        views = order_views(position.orders.all(), remote)
+        views = order_views(position_orders(position), remote)
         if any(not v.is_final and (not v.broker_order_id or v.broker_order_id not in remote.by_id) for v in views):
             try:
                 for fresh in position_orders_fetch(position=position, remote=remote, apply=not dry_run):
@@ -203,7 +203,7 @@ def _held(candidates: list[Position], tops: dict[str, BrokerOrder], results: lis
                 results.append(ProtectionResult(position, position.protection, ProtectionAction.FAILED,
                                                 f"its orders could not be read: {exc}", dry_run))
                 continue
-            views = order_views(position.orders.all(), remote)
+            views = order_views(position_orders(position), remote)
         h = holding(position, views)
         if h.entry_live:
             results.append(ProtectionResult(position, Protection.UNKNOWN, ProtectionAction.NONE,
@@ -251,25 +251,70 @@ def _policy_apply(unprotected: list[tuple[Position, Decimal, Decimal]], *, polic
             quotes = broker.latest_quotes({p.symbol for p, _, _ in unprotected})
         except BrokerError as exc:
             log.warning("no clock or quotes for the protection audit: %s", exc)
-    results = []
+    was = {p.pk: p.protection for p, _, _ in unprotected}
+    alerted_lately = set() if dry_run else _unprotected_marked(unprotected, policy=policy, now=now)
+    results, alerts = [], []
     for position, held, covered in unprotected:
         try:
-            results.append(_unprotected(position, held, covered, policy=policy, quote=quotes.get(position.symbol),
-                                        now=now, exits_ok=exits_ok, dry_run=dry_run))
+            result = _unprotected(position, held, covered, policy=policy, quote=quotes.get(position.symbol), now=now,
+                                  exits_ok=exits_ok, dry_run=dry_run)
         except (BrokerError, DatabaseError) as exc:  # one position's failure must not leave the others bare
             detail = f"{type(exc).__name__}: {exc}"
             if not dry_run:
                 event_record(kind=RiskEventKind.ERROR, position=position, reason="protection failed", message=detail)
             results.append(ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.FAILED, detail, dry_run))
+            continue
+        results.append(result)
+        quiet = result.action in (ProtectionAction.ALERTED, ProtectionAction.SKIPPED)
+        if not dry_run and not (quiet and was[position.pk] == Protection.UNPROTECTED and position.pk in alerted_lately):
+            alerts.append((position, f"{position} {_found(position, held, covered)}; policy {policy}: {result.action}"
+                                     + (f" ({result.detail})" if result.detail else "")))
+    _alerts_send(alerts)
     return results
 
 
-def _protected(position: Position, held: Decimal, covered: Decimal, now, dry_run: bool) -> ProtectionResult:
-    if not dry_run:
-        Position.objects.filter(pk=position.pk).update(protection=Protection.PROTECTED, protection_checked_at=now)
-        position.protection, position.protection_checked_at = Protection.PROTECTED, now
-    return ProtectionResult(position, Protection.PROTECTED, ProtectionAction.NONE,
-                            f"live stop for {covered.normalize():f} of {held.normalize():f}", dry_run)
+def _found(position: Position, held: Decimal, covered: Decimal) -> str:
+    return f"UNPROTECTED: live stop for {covered.normalize():f} of {held.normalize():f} {position.symbol} held"
+
+
+def _unprotected_marked(unprotected: list[tuple[Position, Decimal, Decimal]], *, policy: str, now) -> set[int]:
+    """Mark them UNPROTECTED with an event each (one UPDATE, one insert); the ids among them
+    alerted as unprotected within the last ALERT_REPEAT (one query)."""
+    ids = [p.pk for p, _, _ in unprotected]
+    Position.objects.filter(pk__in=ids).update(protection=Protection.UNPROTECTED, protection_checked_at=now)
+    events_record(events=[RiskEvent(kind=RiskEventKind.UNPROTECTED, position=p, symbol=p.symbol,
+                                    reason="no live stop at the broker", message=_found(p, held, covered),
+                                    data={"held": str(held), "covered": str(covered), "policy": policy})
+                          for p, held, covered in unprotected])
+    for position, _, _ in unprotected:
+        position.protection, position.protection_checked_at = Protection.UNPROTECTED, now
+    return set(Alert.objects.filter(kind=AlertKind.UNPROTECTED, position__in=ids, created_at__gte=now - ALERT_REPEAT)
+               .values_list("position_id", flat=True))
+
+
+def _alerts_send(alerts: list[tuple[Position, str]]) -> None:
+    """One alert per position; past ALERTS_EACH_AT_MOST at once (a broker that lost every stop),
+    one alert naming them all: an operator reads it, ten thousand would bury it."""
+    if len(alerts) <= ALERTS_EACH_AT_MOST:
+        for position, message in alerts:
+            alert_send(kind=AlertKind.UNPROTECTED, position=position, message=message)
+    elif alerts:
+        ids = ", ".join(f"#{p.pk}" for p, _ in alerts)
+        alert_send(kind=AlertKind.UNPROTECTED, message=f"{len(alerts)} positions UNPROTECTED: {ids[:2000]}. "
+                                                       f"First: {alerts[0][1]}")
+
+
+def _protected(protected: list[tuple[Position, Decimal, Decimal]], now, dry_run: bool) -> list[ProtectionResult]:
+    if not dry_run and protected:
+        Position.objects.filter(pk__in=[p.pk for p, _, _ in protected]).update(
+            protection=Protection.PROTECTED, protection_checked_at=now)
+    results = []
+    for position, held, covered in protected:
+        if not dry_run:
+            position.protection, position.protection_checked_at = Protection.PROTECTED, now
+        results.append(ProtectionResult(position, Protection.PROTECTED, ProtectionAction.NONE,
+                                        f"live stop for {covered.normalize():f} of {held.normalize():f}", dry_run))
+    return results
 
 
 def _crossed(position: Position, quote, now) -> tuple[Decimal | None, str | None]:
@@ -288,15 +333,6 @@ def _crossed(position: Position, quote, now) -> tuple[Decimal | None, str | None
 
 def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy: str, quote, now, exits_ok: bool,
                  dry_run: bool) -> ProtectionResult:
-    was = position.protection
-    found = (f"UNPROTECTED: live stop for {covered.normalize():f} of {held.normalize():f} "
-             f"{position.symbol} held")
-    if not dry_run:
-        Position.objects.filter(pk=position.pk).update(protection=Protection.UNPROTECTED, protection_checked_at=now)
-        position.protection, position.protection_checked_at = Protection.UNPROTECTED, now
-        event_record(kind=RiskEventKind.UNPROTECTED, position=position, reason="no live stop at the broker",
-                     message=found, data={"held": str(held), "covered": str(covered), "policy": policy})
-
     if position.needs_review:
         result = ProtectionResult(position, Protection.UNPROTECTED, ProtectionAction.SKIPPED,
                                   f"needs review, not traded: {position.review_note[:200]}", dry_run)
@@ -315,18 +351,7 @@ def _unprotected(position: Position, held: Decimal, covered: Decimal, *, policy:
                                       dry_run)
 
     result.found = Protection.UNPROTECTED
-    if not dry_run and _should_alert(position, result, was, now):
-        alert_send(kind=AlertKind.UNPROTECTED, position=position,
-                    message=f"{position} {found}; policy {policy}: {result.action}"
-                            + (f" ({result.detail})" if result.detail else ""))
     return result
-
-
-def _should_alert(position: Position, result: ProtectionResult, was: str, now) -> bool:
-    if result.action not in (ProtectionAction.ALERTED, ProtectionAction.SKIPPED) or was != Protection.UNPROTECTED:
-        return True
-    return not Alert.objects.filter(kind=AlertKind.UNPROTECTED, position=position,
-                                    created_at__gte=now - ALERT_REPEAT).exists()
 
 
 def _exit(position: Position, *, reason: str, price, stop, target, quote, dry_run: bool) -> ProtectionResult:
@@ -404,7 +429,7 @@ def reduced_protect(*, outcomes: list[CloseOutcome]) -> list[ProtectionResult]:
             continue
         position = outcome.position
         stop, target, defaults = protection_levels(position)
-        held = holding(position, position.orders.all()).held
+        held = holding(position, position_orders(position)).held
         results.append(_protect(position, held, stop=stop, target=target, defaults=defaults, dry_run=False))
     return results
 

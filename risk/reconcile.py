@@ -42,6 +42,8 @@ from trading.holdings import (
     holding,
     order_tops,
     order_views,
+    position_orders,
+    with_orders,
 )
 from trading.models import (
     Closer,
@@ -57,8 +59,8 @@ from trading.models import (
 from trading.orders import order_apply, orders_cancel, position_orders_fetch
 
 from .alerts import alert_send
-from .claims import closing_unlock, position_claim
 from .adoption import position_adopt
+from .claims import closings_unlock, position_claim
 from .finalize import position_finalize
 from .follow import position_follow
 from .journal import event_record
@@ -166,7 +168,8 @@ def _order_changes(top: Order, remote: BrokerOrder) -> list[str]:
 
 
 def _orders_sync(report: ReconcileReport, remote: RemoteOrders) -> None:
-    tops = order_tops(Order.objects.live().select_related("parent", "parent__position", "position"))
+    tops = order_tops(Order.objects.live().select_related("parent", "parent__position", "position")
+                      .prefetch_related("legs", "parent__legs"))
     if not tops:
         return
     symbols = sorted({top.symbol for top in tops})
@@ -258,7 +261,7 @@ def _plan(symbol: str, remote_position: BrokerPosition | None, positions: list[P
         if position.status == PositionStatus.PENDING:  # an entry still working: not a position, but its fill
             pending.append(position)                  # may be what the broker shows
             continue
-        h = holding(position, order_views(position.orders.all(), remote))
+        h = holding(position, order_views(position_orders(position), remote))
         if h.entry_live:
             if h.entry_qty > 0:
                 counted.append((position, h.held))
@@ -324,7 +327,7 @@ def _symbol_reconcile(report: ReconcileReport, symbol: str, remote_position: Bro
         for position in positions:
             position_orders_fetch(position=position, remote=remote, apply=not report.dry_run)
         remote_position = broker.get_position(symbol)
-        positions = list(Position.objects.filter(symbol=symbol, status__in=TRACKED).order_by("opened_at", "pk"))
+        positions = list(with_orders(Position.objects.filter(symbol=symbol, status__in=TRACKED)).order_by("opened_at", "pk"))
         actions = _plan(symbol, remote_position, positions, remote)
     for action in actions:
         _execute(report, action)
@@ -415,9 +418,9 @@ def _close(report: ReconcileReport, action: _Action) -> None:
         position.refresh_from_db()
         notes = {PlanKind.CLOSE_UNEXPLAINED: UNEXPLAINED_NOTE, PlanKind.CLOSE_PARTIAL: action.message,
                  PlanKind.ENTRY_UNFILLED: "entry never filled"}
-        position_finalize(position, list(position.orders.all()), note=notes.get(action.kind, ""))
+        position_finalize(position, position_orders(position), note=notes.get(action.kind, ""))
     except Exception:
-        closing_unlock(position_id=position.pk, owner=owner)  # left closing: the monitor carries on
+        closings_unlock(position_ids=[position.pk], owner=owner)  # left closing: the monitor carries on
         raise
     if action.kind == PlanKind.CLOSE_PARTIAL:
         # The fills of ours cover only part of it: an average of those is not its exit price.
@@ -437,7 +440,7 @@ def _close(report: ReconcileReport, action: _Action) -> None:
 def _positions_reconcile(report: ReconcileReport, remote_positions: list[BrokerPosition],
                          remote: RemoteOrders) -> None:
     remote_by_symbol = {p.symbol: p for p in remote_positions}
-    active = list(Position.objects.filter(status__in=TRACKED).order_by("opened_at", "pk"))
+    active = list(with_orders(Position.objects.filter(status__in=TRACKED)).order_by("opened_at", "pk"))
     report.broker_positions = len(remote_positions)
     report.db_positions = sum(1 for p in active if p.status != PositionStatus.PENDING)
     by_symbol: dict[str, list[Position]] = {}

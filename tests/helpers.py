@@ -3,7 +3,7 @@
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from trading.models import Order, Position, TradingMode
+from trading.models import Order, OrderRole, Position, TradingMode
 from risk.entries import submit_bracket_order
 from risk.trading_state import trading_state_set
 from trading.selectors import trading_state
@@ -83,3 +83,18 @@ def order_posts(exchange, client_order_id: str | None = None) -> list[dict]:
     return [r for r in exchange.control.requests_log()
             if r["method"] == "POST" and r["path"] == "/v2/orders"
             and (client_order_id is None or (r["body"] or {}).get("client_order_id") == client_order_id)]
+
+
+def crash_once_the_broker_accepts_an_exit(monkeypatch) -> None:
+    """The process dies (SystemExit) right after the broker accepted an exit, before its answer
+    is on record; `monkeypatch.undo()` brings it back to life."""
+    from trading import orders as trading_orders
+
+    real_apply = trading_orders.order_apply
+
+    def crash_on_exit(*, order, remote):
+        if order.role == OrderRole.EXIT:
+            raise SystemExit("killed after the broker accepted the exit")
+        return real_apply(order=order, remote=remote)
+
+    monkeypatch.setattr(trading_orders, "order_apply", crash_on_exit)

@@ -31,3 +31,7 @@ else:
 AXES_ENABLED = False  # the login-throttling test switches it on
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# The broker request budget (trading/budget.py) is off: tests send hundreds of requests a
+# minute to their own exchange. The budget's tests switch it on.
+BROKER_REQUESTS_PER_MINUTE = 0

@@ -14,6 +14,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -242,6 +243,8 @@ def test_a_clock_outage_never_stops_closings_under_way(crossed, exchange, figure
     assert Position.objects.get(pk=crossed.pk).status == PositionStatus.CLOSING
     exit_order = Order.objects.get(position=crossed, role=OrderRole.EXIT)
     exchange.control.fill_order(exit_order.broker_order_id, price="147.00")
+    Position.objects.create(symbol="MSFT", side="long", quantity=1, entry_price=400, stop_loss=390, take_profit=410,
+                            opened_at=timezone.now())  # a position to check: the cycle asks the clock
     exchange.control.add_fault("http_500", method="GET", path="/v2/clock")
     figures.add("faults injected")
     result = monitor_cycle()

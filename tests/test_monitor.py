@@ -15,6 +15,7 @@ from risk.monitor import monitor_cycle
 from risk.rules import trigger_reason
 from trading.models import CloseReason, Closer, OrderRole, OrderStatus, Position, PositionStatus
 from risk.entries import BracketNotProtected, submit_bracket_order
+from tests.helpers import crash_once_the_broker_accepts_an_exit
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("active")]  # `exchange`: tests/conftest.py
 
@@ -200,16 +201,7 @@ def test_crash_between_cancelling_legs_and_sending_the_exit_is_finished_once(exc
 def test_exit_sent_but_crash_before_recording_it_is_not_sent_again(exchange, monkeypatch):
     position = unprotected(exchange)
     exchange.control.set_quote("AAPL", "138.00", "138.02")
-    from trading import orders as trading_orders
-
-    real_apply = trading_orders.order_apply
-
-    def crash_on_exit(*, order, remote):
-        if order.role == OrderRole.EXIT:
-            raise SystemExit("killed after the broker accepted the exit")
-        return real_apply(order=order, remote=remote)
-
-    monkeypatch.setattr(trading_orders, "order_apply", crash_on_exit)
+    crash_once_the_broker_accepts_an_exit(monkeypatch)
     with pytest.raises(SystemExit):
         monitor_cycle()
     monkeypatch.undo()
@@ -349,6 +341,7 @@ def test_exit_not_filled_within_the_cycle_stays_closing_until_it_fills(exchange)
 
 
 def test_runmonitor_once_exit_codes(exchange, caplog):
+    protected(exchange)  # a position to check: the cycle asks the broker's clock
     with caplog.at_level("INFO", logger="risk.monitor"):
         call_command("runmonitor", "--once")
     payloads = [r.payload for r in caplog.records if hasattr(r, "payload")]
@@ -413,27 +406,29 @@ def test_monitor_start_up_reconciles_and_protects_what_the_broker_holds(exchange
     assert Heartbeat.objects.get(name="monitor").last_reconcile_at is not None
 
 
-def test_flatten_everything_leaves_a_working_exit_alone(exchange):
+def test_flatten_everything_settles_a_working_exit_cancelled_with_the_rest_first(exchange):
+    """Cancelling everything in one request takes a working exit along: what it filled stays
+    its position's, and only the rest goes out in the flatten's exit."""
     from risk.flatten import flatten
 
     position = unprotected(exchange)
     exchange.control.set_quote("AAPL", "138.00", "138.02")
-    exchange.control.add_fault("no_fill", count=1)
+    exchange.control.add_fault("partial_fill", count=1)  # the exit fills 5 of 10 and keeps working
     monitor_cycle()
     position.refresh_from_db()
     assert position.status == PositionStatus.CLOSING
-    exit_order = position.orders.get(role=OrderRole.EXIT)
+    working = position.orders.get(role=OrderRole.EXIT)
 
     result = flatten(user=None)
 
-    assert [o.state for o in result.outcomes] == ["skipped"]
-    remote = [o for o in exchange.control.state()["orders"] if o["id"] == exit_order.broker_order_id][0]
-    assert remote["status"] not in ("canceled", "cancelled")
-    exchange.control.fill_order(exit_order.broker_order_id)
-    monitor_cycle()
+    assert [o.state for o in result.outcomes] == ["closed"]
+    working.refresh_from_db()
+    assert working.status == OrderStatus.CANCELED and working.filled_qty == 5
+    assert [Decimal(str(body["qty"])) for body in exits_sent(exchange)] == [10, 5]
     position.refresh_from_db()
     assert position.status == PositionStatus.CLOSED and position.close_reason == CloseReason.STOP_LOSS_HIT
-    assert len(exits_sent(exchange)) == 1
+    assert position.exit_price == Decimal("138.00")
+    assert exchange.control.state()["positions"] in ({}, [])
 
 
 def test_a_working_entry_in_the_same_symbol_does_not_hide_held_shares(exchange):

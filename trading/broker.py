@@ -2,6 +2,10 @@
 
 It makes up for what alpaca-py 0.44 leaves out:
 - no HTTP timeout: every request gets BROKER_TIMEOUT_SECONDS, so a hung broker can't hang us;
+- no request budget: every trading-API request takes a slot of the budget every process
+  shares (trading/budget.py) first, at a priority (exits and cancels first);
+- its own retries on 429/504 would spend the budget unseen: they are done here instead,
+  through the budget, and a 429 pauses the budget for everyone until X-RateLimit-Reset;
 - POST /v2/orders is retried on 429/504, so a retry may meet "client_order_id must be
   unique": the order is then looked up by its client_order_id, never sent again;
 - request models carry prices as floats: prices are rounded with Decimal before they go in;
@@ -13,6 +17,7 @@ It makes up for what alpaca-py 0.44 leaves out:
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +45,8 @@ from django.conf import settings
 from django.utils.dateparse import parse_datetime
 from prometheus_client import Counter
 
+from . import budget
+from .budget import BudgetSpent, BudgetUnavailable, Priority
 from .models import FINAL_ORDER_STATUSES, OrderStatus
 from .redaction import scrub, scrub_data
 
@@ -62,6 +69,19 @@ class BrokerError(Exception):
     def outcome_unknown(self) -> bool:
         """True when the request may have been carried out (timeout, 5xx after sending)."""
         return self.status is None or self.status >= 500
+
+    @property
+    def throttled(self) -> bool:
+        """Nothing was done for want of requests (the broker's 429, or our budget spent): try later."""
+        return self.status == 429
+
+
+class BrokerThrottled(BrokerError):
+    """The request budget had no slot within BROKER_BUDGET_WAIT_SECONDS: nothing was sent."""
+
+    def __init__(self, message: str, *, wait_seconds: float):
+        self.wait_seconds = wait_seconds
+        super().__init__(message, status=429)
 
 
 class BrokerDataError(BrokerError):
@@ -179,8 +199,7 @@ def _clients(trading_url: str, data_url: str, paper: bool, key: str, secret: str
     data = StockHistoricalDataClient(key, secret, raw_data=True, url_override=data_url or None)
     for client in (trading, data):
         client._session = _TimeoutSession(float(timeout))  # alpaca-py sets no timeout
-        client._retry = settings.BROKER_RETRY_ATTEMPTS
-        client._retry_wait = settings.BROKER_RETRY_WAIT_SECONDS
+        client._retry = 0  # retried in _call, through the budget
     return trading, data
 
 
@@ -214,13 +233,75 @@ def describe() -> str:
 BROKER_ERRORS = Counter("catalyst_broker_errors", "Broker calls that failed, by HTTP status or failure", ["status"])
 
 
-def _call(what: str, fn, *args):
-    """Run one alpaca-py call, turning every failure into a BrokerError with a readable message
-    (and counting it in BROKER_ERRORS)."""
+def _take(what: str, least: Priority) -> None:
+    """A slot of the shared budget. Its store failing (Redis or the database down) must not
+    stop an exit: the request goes out, and the broker's own 429s still pace it."""
+    try:
+        budget.take(least=least)
+    except BudgetSpent as exc:
+        raise BrokerThrottled(f"{what}: not sent, {exc}", wait_seconds=exc.wait_seconds) from None
+    except BudgetUnavailable as exc:
+        log.error("%s: %s; sending anyway", what, exc)
+
+
+def _reset_at(exc: APIError) -> float:
+    """When the broker's window ends (X-RateLimit-Reset, epoch seconds), else a short wait."""
+    headers = getattr(exc.response, "headers", None) or {}
+    try:
+        return float(headers["X-RateLimit-Reset"])
+    except (KeyError, TypeError, ValueError):
+        return time.time() + settings.BROKER_RETRY_WAIT_SECONDS
+
+
+class _Retry(Exception):
+    def __init__(self, error: BrokerError, reset_at: float):
+        self.error, self.reset_at = error, reset_at
+
+
+def _call(what: str, fn, *args, least: Priority | None = Priority.ROUTINE):
+    """Run one alpaca-py call, turning every failure into a BrokerError with a readable message.
+
+    A trading-API call (`least` is its lowest priority; None for market data, which Alpaca
+    limits apart) takes a slot of the shared budget first. 429 and 504 are retried
+    BROKER_RETRY_ATTEMPTS times: after a 429 every process waits for the broker's reset."""
+    for attempt in range(settings.BROKER_RETRY_ATTEMPTS + 1):
+        if least is not None:
+            _take(what, least)
+        try:
+            return _call_once(what, fn, *args)
+        except _Retry as retry:
+            shared = retry.error.status == 429 and least is not None and _pause_everyone(what, retry.reset_at)
+            if attempt == settings.BROKER_RETRY_ATTEMPTS:
+                raise retry.error from None
+            if retry.error.status == 504:
+                time.sleep(settings.BROKER_RETRY_WAIT_SECONDS)
+            elif not shared:  # the next slot of the budget comes after the reset; without one, wait here
+                time.sleep(min(max(0.0, retry.reset_at - time.time()), float(settings.BROKER_BUDGET_WAIT_SECONDS)))
+
+
+def _pause_everyone(what: str, reset_at: float) -> bool:
+    """After the broker's 429: the budget pauses every process until the broker's reset.
+    False when there is no budget to hold the pause."""
+    log.warning("%s: the broker answered 429; waiting for its reset", what)
+    if not budget.enabled():
+        return False
+    try:
+        budget.pause(until_epoch_seconds=reset_at)
+    except BudgetUnavailable as exc:
+        log.error("%s: %s; the 429 is honoured by this process alone", what, exc)
+        return False
+    return True
+
+
+def _call_once(what: str, fn, *args):
+    """One call; every failure a BrokerError (429 and 504 as _Retry), counted in BROKER_ERRORS."""
     try:
         return fn(*args)
     except APIError as exc:
         error, label = _api_error(what, exc), str(exc.status_code)
+        if error.status in (429, 504):
+            BROKER_ERRORS.labels(status=label).inc()
+            raise _Retry(error, _reset_at(exc)) from None
     except requests.exceptions.JSONDecodeError:
         error, label = BrokerDataError(f"{what}: broker answered with a body that is not JSON"), "unreadable"
     except requests.Timeout:
@@ -357,10 +438,16 @@ def _side(value: str) -> OrderSide:
     return OrderSide(value)
 
 
-def _submit(request, client_order_id: str) -> BrokerOrder:
-    """POST one order. A duplicate id or an unknown outcome is settled by looking the id up."""
+def _submit(request, client_order_id: str, least: Priority) -> BrokerOrder:
+    """POST one order. A duplicate id or an unknown outcome is settled by looking the id up
+    (at the order's own priority)."""
+    with budget.priority(least):
+        return _submit_at_priority(request, client_order_id, least)
+
+
+def _submit_at_priority(request, client_order_id: str, least: Priority) -> BrokerOrder:
     try:
-        raw = _call("submit order", _trading().submit_order, request)
+        raw = _call("submit order", _trading().submit_order, request, least=least)
     except BrokerError as exc:
         duplicate = exc.status == 422 and DUPLICATE_CLIENT_ORDER_ID in str(exc)
         if not (duplicate or exc.outcome_unknown):
@@ -406,7 +493,7 @@ def submit_bracket(
         request = MarketOrderRequest(**common)
     else:
         request = LimitOrderRequest(limit_price=entry_price, **common)
-    return _submit(request, client_order_id)
+    return _submit(request, client_order_id, Priority.ROUTINE)  # new risk waits behind exits and protection
 
 
 def submit_oco_exit(
@@ -425,7 +512,7 @@ def submit_oco_exit(
         take_profit=TakeProfitRequest(limit_price=take_profit),
         client_order_id=client_order_id,
     )
-    return _submit(request, client_order_id)
+    return _submit(request, client_order_id, Priority.PROTECT)
 
 
 def submit_market(*, symbol: str, qty: Decimal, side: str, client_order_id: str) -> BrokerOrder:
@@ -433,7 +520,7 @@ def submit_market(*, symbol: str, qty: Decimal, side: str, client_order_id: str)
     request = MarketOrderRequest(
         symbol=symbol, qty=qty, side=_side(side), time_in_force=TimeInForce.DAY, client_order_id=client_order_id
     )
-    return _submit(request, client_order_id)
+    return _submit(request, client_order_id, Priority.EXIT)
 
 
 def get_order(order_id: str) -> BrokerOrder:
@@ -452,12 +539,12 @@ def find_order_by_client_id(client_order_id: str) -> BrokerOrder | None:
 
 
 def list_orders(*, status: str = "open", symbols: Iterable[str] | None = None, limit: int = 500,
-                nested: bool = True, until: datetime | None = None) -> list[BrokerOrder]:
-    """Orders (newest first), legs nested unless `nested=False` (then each leg is listed as an
-    order of its own). An order that can't be read is logged and left out, so one odd order
-    can't hide the others."""
+                nested: bool = True, until: datetime | None = None, after: datetime | None = None) -> list[BrokerOrder]:
+    """Orders (newest first; `after`: submitted after then), legs nested unless `nested=False`
+    (then each leg is listed as an order of its own). An order that can't be read is logged and
+    left out, so one odd order can't hide the others."""
     request = GetOrdersRequest(status=QueryOrderStatus(status), limit=limit, nested=nested,
-                               symbols=list(symbols) if symbols else None, until=until)
+                               symbols=list(symbols) if symbols else None, until=until, after=after)
     raws = _call("list orders", _trading().get_orders, request)
     if not isinstance(raws, list):
         raise BrokerDataError("list orders: broker answered with something other than a list")
@@ -505,12 +592,40 @@ def live_orders() -> list[BrokerOrder]:
 def cancel_order(order_id: str) -> bool:
     """Cancel one order. False when it was already final (filled, cancelled...)."""
     try:
-        _call("cancel order", _trading().cancel_order_by_id, order_id)
+        _call("cancel order", _trading().cancel_order_by_id, order_id, least=Priority.EXIT)
     except BrokerError as exc:
         if exc.status in (404, 422):
             return False
         raise
     return True
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    id: str
+    status: int  # the HTTP status of this order's cancel request (200: cancel requested)
+    order: BrokerOrder | None  # the order as the broker showed it, when its answer carried it
+
+
+def cancel_all_orders() -> list[CancelResult]:
+    """Cancel every open order of the account in ONE request (DELETE /v2/orders, answered 207:
+    one entry per order). Cancelling is asynchronous at Alpaca: read the orders back to know
+    how each ended."""
+    raws = _call("cancel all orders", _trading().cancel_orders, least=Priority.EXIT)
+    if not isinstance(raws, list):
+        raise BrokerDataError("cancel all orders: broker answered with something other than a list")
+    results = []
+    for raw in raws:
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+            log.error("cancel all orders: unreadable entry skipped")
+            continue
+        try:
+            order = parse_order(raw["body"]) if isinstance(raw.get("body"), dict) else None
+        except BrokerDataError as exc:
+            log.error("cancel all orders: order %s unreadable (%s)", raw["id"], exc)
+            order = None
+        results.append(CancelResult(raw["id"], raw.get("status") if isinstance(raw.get("status"), int) else 0, order))
+    return results
 
 
 # --- Positions, prices, clock ------------------------------------------------------------
@@ -545,7 +660,7 @@ def latest_quotes(symbols: Iterable[str]) -> dict[str, Quote]:
     quotes: dict[str, Quote] = {}
     for batch in _batches(wanted, settings.BROKER_QUOTE_BATCH_SIZE):
         request = StockLatestQuoteRequest(symbol_or_symbols=batch, feed=DataFeed(settings.ALPACA_DATA_FEED))
-        raws = _call("latest quotes", _data().get_stock_latest_quote, request)
+        raws = _call("latest quotes", _data().get_stock_latest_quote, request, least=None)  # Alpaca limits data apart
         if not isinstance(raws, dict):
             raise BrokerDataError("latest quotes: broker answered with something other than an object")
         for symbol, raw in raws.items():

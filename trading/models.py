@@ -66,6 +66,12 @@ class Protection(models.TextChoices):
     UNPROTECTED = "unprotected"
 
 
+# Open positions the monitor decides on: a stop somebody set (not a default), and not left to an
+# operator after refused exits (the broker's OCO guards those).
+WATCHED = (Q(status=PositionStatus.OPEN, stop_loss__isnull=False, exit_refused_at__isnull=True)
+           & ~Q(levels_source=LevelsSource.DEFAULT))
+
+
 class PositionQuerySet(models.QuerySet):
     def update(self, **kwargs):
         """`updated_at` moves with every change: a queryset update() skips auto_now."""
@@ -87,10 +93,8 @@ class PositionQuerySet(models.QuerySet):
         return self.filter(status=PositionStatus.PENDING)
 
     def watched(self):
-        """Open positions the monitor decides on: a stop somebody set (not a default), and not
-        left to an operator after refused exits (the broker's OCO guards those)."""
-        return self.open().filter(stop_loss__isnull=False, exit_refused_at__isnull=True).exclude(
-            levels_source=LevelsSource.DEFAULT)
+        """Open positions the monitor decides on (WATCHED)."""
+        return self.filter(WATCHED)
 
     def with_pnl(self):
         """Annotate realised P&L in the database, so lists and sums need no per-row work."""
@@ -305,6 +309,26 @@ class Order(models.Model):
         return self.status in FINAL_ORDER_STATUSES
 
 
+class ExitShare(models.Model):
+    """A position's part of an exit order. Positions of one symbol and side that close together
+    go out as ONE market order for the sum; each is closed from that order's fill, at its
+    price, for its own reason. The fill is shared out in the order of the shares (oldest
+    position first), so a partial fill closes whole positions first. A single position's
+    exit has one share (and its Order.position is that position; a netted exit's is empty)."""
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="shares")
+    position = models.ForeignKey(Position, on_delete=models.PROTECT, related_name="exit_shares")
+    qty = models.DecimalField(**QTY, help_text="What this position asked of the order.")
+    filled_qty = models.DecimalField(**QTY, default=Decimal("0"), help_text="Its part of the order's fill.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["order", "position"], name="exit_share_unique")]
+        ordering = ["order", "id"]
+
+    def __str__(self) -> str:
+        return f"#{self.position_id}: {self.filled_qty.normalize():f} of {self.qty.normalize():f} ({self.order})"
+
+
 class TradingMode(models.TextChoices):
     ACTIVE = "ACTIVE", "Active"
     HALTED = "HALTED", "Halted: no new entries"
@@ -350,3 +374,15 @@ class BrokerEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.symbol} {self.broker_order_id}"
+
+
+class BrokerBudget(models.Model):
+    """The broker request budget shared by every process when REDIS_URL is not set
+    (trading/budget.py): one row per account, holding the send times of the last minute."""
+
+    name = models.CharField(max_length=64, unique=True)
+    sent_ms = models.JSONField(default=list, help_text="Epoch milliseconds of the requests of the last minute.")
+    paused_until_ms = models.BigIntegerField(default=0, help_text="The broker refused with 429 until then.")
+
+    def __str__(self) -> str:
+        return f"broker budget {self.name}"

@@ -6,7 +6,7 @@ looks the id up at the broker instead of sending a second order.
 """
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
@@ -15,8 +15,8 @@ from . import broker
 from .broker import BrokerError, BrokerOrder
 from .holdings import RemoteOrders, order_tops
 from .models import (
-    EXIT_CLIENT_ORDER_PREFIX,
     FINAL_ORDER_STATUSES,
+    ExitShare,
     Order,
     OrderClass,
     OrderRole,
@@ -53,6 +53,8 @@ def order_apply(*, order: Order, remote: BrokerOrder) -> Order:
         order.order_class = remote.order_class
     order.raw = remote.raw
     order.save()
+    if order.role == OrderRole.EXIT:
+        _shares_allocate(order)
     for leg in remote.legs:
         order_apply(order=_leg_row(order, leg), remote=leg)
     return order
@@ -107,6 +109,20 @@ def orders_link(*, position: Position, remotes: list[BrokerOrder]) -> list[Order
     return rows
 
 
+def _shares_allocate(order: Order) -> None:
+    """Share an exit's fill out among the positions it closes, in the order of their shares
+    (oldest position first): a partial fill closes whole positions first."""
+    left = order.filled_qty
+    changed = []
+    for share in order.shares.all():
+        filled = min(share.qty, max(left, Decimal("0")))
+        left -= filled
+        if share.filled_qty != filled:
+            share.filled_qty = filled
+            changed.append(share)
+    ExitShare.objects.bulk_update(changed, ["filled_qty"])
+
+
 def order_read(*, order: Order) -> BrokerOrder | None:
     """Read an order (and its legs) from the broker onto its rows; None when the broker has
     never heard of it (it was never sent)."""
@@ -125,12 +141,15 @@ def order_refresh(*, order: Order) -> Order:
     return order
 
 
-def position_orders_refresh(*, position: Position) -> list[Order]:
-    """Bring every live order of the position up to date (entry with its legs, exits, OCOs)
-    and return all its orders."""
-    for top in order_tops(position.orders.live().select_related("parent")):
-        order_refresh(order=top)
-    return list(position.orders.all())
+def orders_refresh(*, orders: Iterable[Order], remote: RemoteOrders | None = None) -> None:
+    """Bring orders (with their legs) up to date, each order group once: from `remote` when
+    it shows the order (no request), else read from the broker one by one."""
+    for top in order_tops(orders):
+        found = remote.of(top) if remote is not None else None
+        if found is not None:
+            order_apply(order=top, remote=found)
+        else:
+            order_refresh(order=top)
 
 
 def position_orders_fetch(*, position: Position, remote: RemoteOrders, apply: bool) -> list[BrokerOrder]:
@@ -216,19 +235,38 @@ def oco_send(*, position: Position, qty: Decimal, stop: Decimal, target: Decimal
     ))
 
 
-def exit_send(*, position: Position, qty: Decimal) -> Order:
-    """The market exit for a position, at most once per attempt.
+def exit_write(*, shares: list[tuple[Position, Decimal]]) -> Order:
+    """Write ONE market exit for positions of one symbol and side, each with its share, before
+    anything is sent; its shares go with it in one transaction.
 
-    The client_order_id is derived from the position and the number of its earlier exits
-    that are over (filled for part of the quantity, rejected, cancelled...), so a retry or
-    a restart re-finds the same order while one is pending.
-    """
-    attempt = position.orders.filter(role=OrderRole.EXIT, status__in=FINAL_ORDER_STATUSES).count()
-    order, _ = Order.objects.get_or_create(
-        client_order_id=f"{position.exit_client_order_id}-{attempt}",
-        defaults=dict(position=position, role=OrderRole.EXIT, symbol=position.symbol, side=position.exit_side,
-                      qty=qty, type=OrderType.MARKET, time_in_force=EXIT_TIME_IN_FORCE),
-    )
+    The client_order_id is derived from the batch: its first position, that position's number
+    of exits already over (filled for part of the quantity, rejected, cancelled...) and, when
+    netted, how many positions it closes. While the exit is not over, its positions are not
+    batched again: a retry or a restart sends (or looks up) this very order."""
+    shares = sorted(shares, key=lambda share: share[0].pk)
+    first = shares[0][0]
+    attempt = ExitShare.objects.filter(position=first, order__status__in=FINAL_ORDER_STATUSES).count()
+    client_order_id = f"{first.exit_client_order_id}-{attempt}" + (f"-of{len(shares)}" if len(shares) > 1 else "")
+    with transaction.atomic():
+        order, created = Order.objects.get_or_create(
+            client_order_id=client_order_id,
+            defaults=dict(position=first if len(shares) == 1 else None, role=OrderRole.EXIT, symbol=first.symbol,
+                          side=first.exit_side, qty=sum((qty for _, qty in shares), Decimal("0")),
+                          type=OrderType.MARKET, time_in_force=EXIT_TIME_IN_FORCE),
+        )
+        if created:
+            ExitShare.objects.bulk_create(ExitShare(order=order, position=position, qty=qty) for position, qty in shares)
+    return order
+
+
+def exit_send(*, shares: list[tuple[Position, Decimal]]) -> Order:
+    """ONE market exit for positions of one symbol and side: written (`exit_write`), then sent."""
+    return exit_submit(order=exit_write(shares=shares))
+
+
+def exit_submit(*, order: Order) -> Order:
+    """Send an exit already written, unless the broker has it: an unknown outcome leaves it
+    pending, and sending it again finds the first one by its client_order_id."""
     if order.broker_order_id:
         return order
     return _send(order, lambda: broker.submit_market(
@@ -257,12 +295,16 @@ def orders_cancel(*, position: Position) -> list[Order]:
     return [order_refresh(order=top) for top in order_tops(roots)]
 
 
-def open_orders_cancel_except_exits() -> int:
-    """Cancel every order the broker may still act on (ours or not) except our exits: an exit
-    already working for a closing position must not be cancelled, or it would be sent again.
-    Returns how many the broker no longer shows as open."""
-    targets = [o.id for o in broker.live_orders() if not o.client_order_id.startswith(EXIT_CLIENT_ORDER_PREFIX)]
-    for order_id in targets:
-        broker.cancel_order(order_id)  # False when it went with its sibling leg: fine
-    still_open = {o.id for o in broker.live_orders()}
-    return sum(1 for order_id in targets if order_id not in still_open)
+def orders_cancel_all() -> tuple[int, RemoteOrders]:
+    """Cancel every open order of the account (ours or not, exits included) in ONE request,
+    then read the orders back in one more, so that what an order filled before it was
+    cancelled (a working exit's fill above all) is on its rows before anything else is
+    sent. Returns how many the broker cancelled, and the orders as read back."""
+    cancelled = broker.cancel_all_orders()
+    remote = RemoteOrders(broker.list_orders(status="all", limit=500))
+    for result in cancelled:
+        if result.order is not None and result.id not in remote.by_id:
+            remote.add(result.order)
+    ours = Order.objects.live().filter(broker_order_id__in=list(remote.by_id)).select_related("parent")
+    orders_refresh(orders=[o for o in ours if remote.of(o.parent or o) is not None], remote=remote)
+    return sum(1 for result in cancelled if result.status == 200), remote

@@ -35,9 +35,10 @@ def positions_list(*, status: str | None = None, symbol: str | None = None) -> Q
 
 
 def order_with_legs(*, order_id: int) -> Order:
-    """One order with its legs loaded (two queries). Raises Order.DoesNotExist."""
+    """One order with its legs and, for an exit, the positions' shares loaded (three queries).
+    Raises Order.DoesNotExist."""
     legs = Prefetch("legs", queryset=Order.objects.order_by("id"))
-    return Order.objects.prefetch_related(legs).get(pk=order_id)
+    return Order.objects.prefetch_related(legs, "shares").get(pk=order_id)
 
 
 def live_stop_exists() -> Exists:
@@ -46,8 +47,8 @@ def live_stop_exists() -> Exists:
 
 
 def working_exit_exists() -> Exists:
-    """Annotation: the position has an exit of ours at the broker that may still fill."""
-    return Exists(Order.objects.live().filter(position=OuterRef("pk"), role=OrderRole.EXIT,
+    """Annotation: the position has a share of an exit of ours at the broker that may still fill."""
+    return Exists(Order.objects.live().filter(shares__position=OuterRef("pk"), role=OrderRole.EXIT,
                                               broker_order_id__isnull=False))
 
 

@@ -5,7 +5,7 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
-from trading.models import Order
+from trading.models import ExitShare, Order
 
 from .base import ReadOnlyAdmin, ReadOnlyInline, change_link
 from .export import CsvExportMixin, OrderResource
@@ -51,6 +51,54 @@ class LegInline(OrderColumns, ReadOnlyInline):
         return super().get_queryset(request).order_by("id")
 
 
+SHARE_COLUMNS = ("order_link", "position_link", "qty", "filled_qty", "order_status", "order_price", "client_order_id")
+
+
+class ShareColumns:
+    """An exit's share of one position: which order, which position, asked and got."""
+
+    @admin.display(description="exit order")
+    def order_link(self, obj: ExitShare) -> str:
+        return order_link(obj.order_id)
+
+    @admin.display(description="position")
+    def position_link(self, obj: ExitShare) -> str:
+        return change_link("position", obj.position_id)
+
+    @admin.display(description="order status")
+    def order_status(self, obj: ExitShare) -> str:
+        return obj.order.status
+
+    @admin.display(description="fill price")
+    def order_price(self, obj: ExitShare) -> str:
+        return "-" if obj.order.filled_avg_price is None else str(obj.order.filled_avg_price)
+
+    @admin.display(description="client order id")
+    def client_order_id(self, obj: ExitShare) -> str:
+        return obj.order.client_order_id
+
+
+class ShareInline(ShareColumns, ReadOnlyInline):
+    model = ExitShare
+    fields = SHARE_COLUMNS
+    readonly_fields = SHARE_COLUMNS
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("order").order_by("-order_id", "id")
+
+
+class OrderShareInline(ShareInline):
+    fk_name = "order"
+    verbose_name = "position it closes"
+    verbose_name_plural = "Positions it closes (an exit netted over several has one share each)"
+
+
+class PositionShareInline(ShareInline):
+    fk_name = "position"
+    verbose_name = "exit share"
+    verbose_name_plural = "Its exits (its share of each exit order)"
+
+
 @admin.register(Order)
 class OrderAdmin(CsvExportMixin, OrderColumns, ReadOnlyAdmin):
     resource_classes = [OrderResource]
@@ -60,7 +108,7 @@ class OrderAdmin(CsvExportMixin, OrderColumns, ReadOnlyAdmin):
     search_fields = ("symbol",)
     search_help_text = "Exact symbol, broker order id or client order id."
     ordering = ("-id",)
-    inlines = (LegInline,)
+    inlines = (LegInline, OrderShareInline)
     fields = ("role", "symbol", "side", "qty", "type", "order_class", "time_in_force", "limit_price", "stop_price",
               "status", "filled_qty", "filled_avg_price", "submitted_at", "filled_at", "updated_at", "position_link",
               "parent_link", "broker_order_id", "client_order_id", "error", "created_at", "synced_at", "raw_pretty")

@@ -51,7 +51,7 @@ from .base import (
     date_drilldown,
     pnl_text,
 )
-from .orders import PositionOrderInline, order_link
+from .orders import PositionOrderInline, PositionShareInline, order_link
 
 FLATTEN_PERM = "trading.flatten_positions"
 CLOSE_PERM = "trading.close_positions"
@@ -120,7 +120,7 @@ class PositionAdmin(CsvExportMixin, admin.ModelAdmin):
     # Only indexed columns sort: sorting a million rows by price or P&L would scan them all.
     sortable_by = ("id", "symbol", "times")  # times: by closed_at
     actions = ("flatten_selected", "close_selected", "protect_selected")
-    inlines = (PositionOrderInline, PositionRiskEventInline)
+    inlines = (PositionOrderInline, PositionShareInline, PositionRiskEventInline)
     fieldsets = (
         (None, {"fields": ("symbol", "side", "quantity", "status", "protection", "protection_checked_at")}),
         ("Prices", {"fields": ("entry_price", "stop_loss", "take_profit", "exit_price", "realised_pnl")}),

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from risk.entries import TradingHalted
 from risk.gate import GateRefused, GateResult, Refusal, order_submit, position_reduce_submit
 from trading.broker import BrokerError
-from trading.holdings import holding
+from trading.holdings import holding, position_orders
 from trading.models import Position
 from trading.selectors import order_with_legs, positions_list
 from trading.validation import OrderValidationError
@@ -187,6 +187,6 @@ class PositionReduceView(ConsoleAPIView):
         data = result.request.data
         body = {"client_order_id": result.request.client_order_id, "replayed": result.replayed,
                 "outcome": data.get("outcome", ""), "detail": data.get("detail", ""),
-                "held": holding(position, position.orders.all()).held, "position": position}
+                "held": holding(position, position_orders(position)).held, "position": position}
         return Response(ReduceResponseSerializer(body).data,
                         status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)

@@ -9,7 +9,7 @@ from rest_framework.settings import api_settings
 
 from risk.finalize import CloseState
 from risk.timeline import Source
-from trading.models import Closer, Order, Position, PositionStatus, TradingMode
+from trading.models import Closer, ExitShare, Order, Position, PositionStatus, TradingMode
 
 
 class StrictCharField(serializers.CharField):
@@ -107,14 +107,24 @@ class LegSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ShareSerializer(serializers.ModelSerializer):
+    """A position's share of an exit order (an exit netted over several positions has one each)."""
+
+    class Meta:
+        model = ExitShare
+        fields = ["position", "qty", "filled_qty"]
+        read_only_fields = fields
+
+
 class OrderSerializer(serializers.ModelSerializer):
     legs = LegSerializer(many=True, read_only=True)
+    shares = ShareSerializer(many=True, read_only=True)
 
     class Meta:
         model = Order
         fields = ["id", "broker_order_id", "client_order_id", "role", "symbol", "side", "type", "order_class",
                   "time_in_force", "qty", "limit_price", "stop_price", "status", "filled_qty", "filled_avg_price",
-                  "submitted_at", "filled_at", "error", "position", "parent", "legs"]
+                  "submitted_at", "filled_at", "error", "position", "parent", "legs", "shares"]
         read_only_fields = fields
 
 
