@@ -242,14 +242,17 @@ def _finish(positions: list[Position]) -> list[CloseOutcome]:
 def _batch_exit(members: list[Position], remote_position: BrokerPosition, shared: Shared) -> list[CloseOutcome]:
     """ONE exit for positions of one symbol and side: each asks what it holds by its records,
     oldest first, while the broker holds shares not accounted to our other positions."""
-    left = remote_position.qty - _held_by_others(members[0].symbol, members[0].side, [p.pk for p in members])
+    kept = sum((p.keep_quantity or ZERO for p in members), ZERO)  # a reduce's rest stays at the broker
+    left = remote_position.qty - kept - _held_by_others(members[0].symbol, members[0].side, [p.pk for p in members])
     shares, outcomes = [], []
     for position in members:
-        remaining = holding(position, position_orders(position)).held - (position.keep_quantity or ZERO)
-        take = min(remaining, max(left, ZERO))
+        held = holding(position, position_orders(position)).held
+        take = min(held - (position.keep_quantity or ZERO), max(left, ZERO))
         left -= take
         if take > 0:
             shares.append((position, take))
+        elif position.keep_quantity is not None:  # the broker holds no more than it keeps: nothing to sell
+            outcomes.append(_reduce_done(position, held))
         else:
             outcomes.append(CloseOutcome(position, CloseState.WAITING, UNATTRIBUTED))
     if shares:

@@ -165,9 +165,9 @@ def flatten(*, user, positions=None) -> FlattenResult:
         shared = _everything_cancelled(result)
     shared.until = until
     _flatten_recorded(who, targets, result, everything=True)
-    outcomes = positions_close(positions=[p for p in targets if p.status != PositionStatus.CLOSING],
+    closing = [p.pk for p in targets if p.status == PositionStatus.CLOSING and p.keep_quantity is None]
+    outcomes = positions_close(positions=[p for p in targets if p.pk not in closing],  # a reduce is taken over
                                reason=CloseReason.EMERGENCY_STOP, by=Closer.FLATTEN, owner=owner, shared=shared)
-    closing = [p.pk for p in targets if p.status == PositionStatus.CLOSING]
     if closing:  # their working exits were cancelled with the rest: what is left of them goes out now
         outcomes = [o for o in outcomes if o.position.pk not in closing] + claimed_close(closing, owner, until=until)
     order = {p.pk: i for i, p in enumerate(targets)}

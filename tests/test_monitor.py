@@ -345,8 +345,10 @@ def test_runmonitor_once_exit_codes(exchange, caplog):
     with caplog.at_level("INFO", logger="risk.monitor"):
         call_command("runmonitor", "--once")
     payloads = [r.payload for r in caplog.records if hasattr(r, "payload")]
-    assert [p["event"] for p in payloads].count("cycle") == 1
-    assert "interval_seconds" not in payloads[0] and payloads[0]["event"] == "monitor_started"
+    events = [p["event"] for p in payloads]
+    started = payloads[events.index("monitor_started")]
+    assert events.count("cycle") == 1 and events.count("monitor_started") == 1
+    assert "interval_seconds" not in started  # --once: no interval to speak of
 
     exchange.control.add_fault("http_500")
     with pytest.raises(CommandError, match="error"):

@@ -128,7 +128,8 @@ def test_a_manual_close_of_several_nets_each_symbol_and_never_sells_anothers_sha
 
 def test_flatten_everything_reads_and_cancels_in_one_request_each_and_exits_once_per_symbol(paper_exchange, settings):
     """At the budget (the exchange allowing 20 a minute, the console 12): a request per
-    symbol plus three, and no 429."""
+    symbol plus four (cancel all, orders, positions, the clock once: no exit while the market
+    is closed), and no 429."""
     settings.BROKER_REQUESTS_PER_MINUTE = 12
     paper_exchange.control.set_rate_limit(20)
     symbols = ["NA", "NB", "NC", "ND", "NE"]
@@ -143,7 +144,8 @@ def test_flatten_everything_reads_and_cancels_in_one_request_each_and_exits_once
     assert {o.state for o in result.outcomes} == {"closed"} and len(result.outcomes) == 20
     kinds = [(r["method"], r["path"]) for r in paper_exchange.control.requests_log()]
     assert kinds.count(("DELETE", "/v2/orders")) == 1 and kinds.count(("GET", "/v2/positions")) == 1
-    assert kinds.count(("POST", "/v2/orders")) == len(symbols) and len(kinds) == len(symbols) + 3, kinds
+    assert kinds.count(("GET", "/v2/clock")) == 1, kinds
+    assert kinds.count(("POST", "/v2/orders")) == len(symbols) and len(kinds) == len(symbols) + 4, kinds
     assert paper_exchange.control.rate_limit()["throttled"] == 0
     assert paper_exchange.control.state()["positions"] in ({}, [])
 
