@@ -9,6 +9,7 @@ no client_order_id twice anywhere.
 import threading
 import time
 from collections import Counter
+from decimal import Decimal
 
 import pytest
 import requests
@@ -66,6 +67,9 @@ def test_fifty_test_brackets_at_once_are_each_answered_and_recorded_once(live_se
     # Throttling is per user; these are 50 users, but keep every rate out of the way anyway.
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
         "user": "10000/min", "orders": "10000/min", "flatten": "10000/min", "trading_state": "10000/min"}}
+    # The tests' 3 s broker timeout is for faults; 50 requests at once to a one-process exchange on
+    # a loaded 2-core machine can take longer, which is the machine, not what is measured here.
+    settings.BROKER_TIMEOUT_SECONDS = Decimal("20")
     cache.clear()
     paper_exchange.control.set_quotes([{"symbol": symbol, "bid": "149.99", "ask": "150.01"} for symbol in SYMBOLS])
     # The paper exchange (http.server) listens with a backlog of 5, where Alpaca takes all 50
