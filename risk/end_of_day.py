@@ -4,18 +4,20 @@ EOD_FLATTEN_MINUTES before the broker clock's next close, while the market is op
 Which positions: EOD_FLATTEN=intraday (default) closes those whose order said "intraday": true;
 EOD_FLATTEN=all closes every open position except those whose order said "intraday": false;
 off closes none. The others stay overnight under their GTC stop (the order gate sends their legs
-GTC). Each monitor cycle in the window closes what is due; a position already closing is left
-to its close.
+GTC). An intraday entry still working is cancelled with them: filling after the flatten, it
+would be held overnight. Each monitor cycle in the window closes what is due; a position
+already closing is left to its close.
 """
 
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import QuerySet
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from trading.broker import Clock
-from trading.models import CloseReason, Closer, Position
+from trading.models import CloseReason, Closer, Position, PositionStatus
 
 from .closing import positions_close
 from .finalize import CloseOutcome
@@ -31,10 +33,11 @@ def eod_flattens(intraday: bool | None) -> bool:
 
 
 def eod_candidates() -> QuerySet[Position]:
-    """The open positions the end-of-day flatten closes (none when it is off)."""
+    """The open positions (and entries still working) the end-of-day flatten closes (none when
+    it is off)."""
     if settings.EOD_FLATTEN == "off":
         return Position.objects.none()
-    due = Position.objects.open()
+    due = Position.objects.filter(status__in=[PositionStatus.PENDING, PositionStatus.OPEN])
     return due.filter(intraday=True) if settings.EOD_FLATTEN == "intraday" else due.exclude(intraday=False)
 
 
@@ -54,7 +57,8 @@ def end_of_day_flatten(*, clock: Clock, owner: str) -> list[CloseOutcome]:
     if not positions:
         return []
     event_record(kind=RiskEventKind.END_OF_DAY, reason=CloseReason.MARKET_CLOSE,
-                 message=f"closing {len(positions)} intraday positions, {settings.EOD_FLATTEN_MINUTES} min before "
+                 message=f"closing {len(positions)} intraday position{pluralize(len(positions))}, "
+                         f"{settings.EOD_FLATTEN_MINUTES} min before "
                          f"the close at {clock.next_close:%Y-%m-%d %H:%M %Z}",
                  data={"positions": [p.pk for p in positions], "next_close": clock.next_close})
     return positions_close(positions=positions, reason=CloseReason.MARKET_CLOSE, by=Closer.MONITOR,

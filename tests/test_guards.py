@@ -236,6 +236,20 @@ def test_end_of_day_flatten_on_the_exchanges_clock(exchange, active, settings):
     assert all(remote[leg.broker_order_id]["status"] in ("new", "held") for leg in legs)
 
 
+def test_end_of_day_flatten_cancels_an_intraday_entry_still_working(exchange, active, settings):
+    """A resting intraday entry would fill after the flatten and be held overnight: cancelled."""
+    resting = submit_bracket_order(symbol="AAPL", quantity=1, side="buy", stop_loss="140", take_profit="160",
+                                   entry_price="145", intraday=True, time_in_force="gtc")
+    assert resting.status == PositionStatus.PENDING
+    settings.EOD_FLATTEN_MINUTES = 361
+    monitor_cycle(owner="test")
+    resting.refresh_from_db()
+    assert resting.status == PositionStatus.CANCELLED
+    remote = {o["id"]: o for o in exchange.control.state()["orders"]}
+    assert remote[resting.entry_order.broker_order_id]["status"] == "canceled"
+    assert RiskEvent.objects.get(kind="end_of_day").data["positions"] == [resting.pk]
+
+
 def test_end_of_day_flatten_off_or_market_closed(exchange, active, settings):
     position = _entry("AAPL", True)
     settings.EOD_FLATTEN_MINUTES = 361
