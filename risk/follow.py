@@ -2,7 +2,9 @@
 
 An entry that fills opens it (for what filled), one that ends unfilled cancels it (it was
 never a position), a leg that fills closes it from the fill, a stop that goes away makes it
-unprotected at once. The trade_updates stream calls this after each event, the monitor's
+unprotected at once, a stop or target moved at the broker (an order replaced) moves the
+position's level, so the fallback never decides on a level the broker no longer holds. The
+trade_updates stream calls this after each event, the monitor's
 quick sync after each change it reads; both read the orders first, this only follows them.
 """
 
@@ -13,7 +15,7 @@ from enum import StrEnum
 from django.utils import timezone
 
 from trading.holdings import close_reason_from_fills, holding, position_orders
-from trading.models import Closer, Order, OrderRole, Position, PositionStatus, Protection
+from trading.models import Closer, LevelsSource, Order, OrderRole, Position, PositionStatus, Protection
 from trading.orders import orders_cancel
 
 from .claims import closings_lock, closings_unlock, position_claim
@@ -33,6 +35,7 @@ class Change(StrEnum):
     CLOSED = "closed"  # its own orders closed it at the broker
     UNPROTECTED = "unprotected"  # its stop went away while it holds shares
     PROTECTED = "protected"  # a live stop covers it again
+    LEVELS = "levels"  # its live stop or target was moved at the broker
 
 
 def _stop_cover(orders: list[Order]) -> Decimal:
@@ -102,6 +105,30 @@ def _protection(position: Position, orders: list[Order], held: Decimal) -> Chang
     return Change.NONE
 
 
+def _live_level(orders: list[Order], role: OrderRole, field: str) -> Decimal | None:
+    """The one price the position's live orders of that role hold (None: none, or several)."""
+    prices = {getattr(o, field) for o in orders if o.role == role and not o.is_final and o.broker_order_id}
+    return prices.pop() if len(prices) == 1 and None not in prices else None
+
+
+def _levels(position: Position, orders: list[Order]) -> Change:
+    """The levels its live legs hold at the broker, when they moved (a replace, by anyone)."""
+    moved = {}
+    for role, field, level in ((OrderRole.STOP_LOSS, "stop_price", "stop_loss"),
+                               (OrderRole.TAKE_PROFIT, "limit_price", "take_profit")):
+        live = _live_level(orders, role, field)
+        if live is not None and live != getattr(position, level):
+            moved[level] = live
+    if not moved:
+        return Change.NONE
+    before = ", ".join(f"{name} {getattr(position, name)} -> {value}" for name, value in moved.items())
+    Position.objects.filter(pk=position.pk, status=PositionStatus.OPEN).update(
+        **moved, levels_source=LevelsSource.BROKER)
+    event_record(kind=RiskEventKind.ORDER_SYNCED, position=position, reason="levels moved at the broker",
+                 message=before)
+    return Change.LEVELS
+
+
 def position_follow(*, position: Position, orders: list[Order] | None = None) -> Change:
     """Bring one position in line with its orders as last read from the broker."""
     orders = position_orders(position) if orders is None else orders
@@ -118,4 +145,6 @@ def position_follow(*, position: Position, orders: list[Order] | None = None) ->
         Position.objects.filter(pk=position.pk).update(quantity=h.entry_qty, updated_at=timezone.now())
     if position.status != PositionStatus.OPEN:
         return Change.NONE
-    return _protection(position, orders, h.held)
+    levels = _levels(position, orders)
+    protection = _protection(position, orders, h.held)
+    return levels if protection == Change.NONE else protection

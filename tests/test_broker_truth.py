@@ -12,6 +12,7 @@ from alpaca.trading.requests import MarketOrderRequest, StopLossRequest, TakePro
 from risk.checklist import checklist_run
 from risk.entries import submit_bracket_order
 from risk.flatten import flatten_preview
+from risk.models import RiskEvent
 from risk.monitor import monitor_cycle
 from risk.protection import protection_audit
 from risk.reconcile import reconcile_run
@@ -163,3 +164,28 @@ def test_no_exit_while_the_market_is_closed_only_protection(exchange, active):
     assert [r.action for r in results] == ["protected"] and exit_posts(exchange) == []
     position.refresh_from_db()
     assert position.status == PositionStatus.OPEN
+
+
+@pytest.mark.parametrize("side, stop, target, moved_stop, moved_target", [
+    ("buy", "140", "160", "145", "158"), ("sell", "160", "140", "155", "142")])
+def test_a_stop_and_target_moved_at_the_broker_move_the_positions_levels(exchange, active, side, stop, target,
+                                                                         moved_stop, moved_target):
+    """The trading service replaces the legs (PATCH): the position follows the levels the broker
+    holds (the levels the fallback decides on), still protected by the replacements, nothing
+    placed twice."""
+    from alpaca.trading.requests import ReplaceOrderRequest
+
+    position = submit_bracket_order(symbol="AAPL", quantity=2, side=side, stop_loss=stop, take_profit=target)
+    client = trading_client(exchange)
+    client.replace_order_by_id(leg(position, OrderRole.STOP_LOSS).broker_order_id,
+                               ReplaceOrderRequest(stop_price=float(moved_stop)))
+    client.replace_order_by_id(leg(position, OrderRole.TAKE_PROFIT).broker_order_id,
+                               ReplaceOrderRequest(limit_price=float(moved_target)))
+    assert stream_status().stale
+    monitor_cycle()
+    position.refresh_from_db()
+    assert (position.stop_loss, position.take_profit) == (Decimal(moved_stop), Decimal(moved_target))
+    assert position.levels_source == LevelsSource.BROKER and position.protection == Protection.PROTECTED
+    live = [o for o in exchange.control.state()["orders"] if o["status"] in ("new", "held", "accepted")]
+    assert len(live) == 2  # the two replacements, nothing added
+    assert RiskEvent.objects.filter(kind="order_synced", position=position, reason="levels moved at the broker").exists()

@@ -133,6 +133,9 @@ def order_read(*, order: Order) -> BrokerOrder | None:
         if remote is None:
             return None
     order_apply(order=order, remote=remote)
+    shown = {leg.id for leg in remote.legs}
+    for leg in order.legs.live().exclude(broker_order_id=None).exclude(broker_order_id__in=shown):
+        order_apply(order=leg, remote=broker.get_order(leg.broker_order_id))  # replaced: the group shows its successor
     return remote
 
 
