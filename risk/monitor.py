@@ -94,6 +94,12 @@ def _check_positions(result: CycleResult, owner: str, positions: list[Position])
 _polled_at: dict[str, float] = {}
 
 
+def backstop_forget() -> None:
+    """Forget when symbols were last polled: every streamed symbol is polled at the next cycle
+    (as in a process just started; the tests, which share one process, start each so)."""
+    _polled_at.clear()
+
+
 def _due(result: CycleResult, positions: list[Position]) -> list[Position]:
     """The positions to poll now: all of them while the quote stream is stale (silent, dropped,
     or not running), else those of symbols it does not stream, and the streamed ones whose

@@ -11,7 +11,7 @@ import pytest
 from risk.deciding import DecidedOn
 from risk.heartbeats import heartbeats_stale_check
 from risk.models import QUOTES, Alert, AlertKind, RiskEvent, RiskEventKind, StreamedSymbol
-from risk.monitor import monitor_cycle
+from risk.monitor import backstop_forget, monitor_cycle
 from risk.quote_watch import quote_stream_runner
 from risk.selectors import quote_stream_status, streamed_symbols
 from risk.entries import BracketNotProtected, submit_bracket_order
@@ -44,6 +44,11 @@ class Running:
         self.stop.set()
         self.thread.join(timeout=20)
         assert not self.thread.is_alive()
+
+
+@pytest.fixture(autouse=True)
+def _backstop_afresh():
+    backstop_forget()
 
 
 @pytest.fixture
@@ -202,6 +207,7 @@ def test_the_symbol_budget_streams_the_nearest_and_polls_the_rest(exchange, sett
         assert eventually(lambda: streamed(exchange, "AAPL", "TSLA"), timeout=15)
         assert "MSFT" not in streamed_symbols()
         # the monitor polls MSFT (not streamed) and leaves the streamed symbols to the stream
+        assert monitor_cycle().checked == 3  # the backstop's first poll of every symbol
         result = monitor_cycle()
         assert result.checked == 1
         assert any("left to the quote stream" in m for m in result.messages)
