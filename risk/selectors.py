@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from trading.models import Position
+
 from .models import MONITOR, QUOTES, STREAM, Heartbeat, StreamedSymbol
 
 RECENT_ERROR_CYCLES = 10  # a cycle's error is shown while it is at most this many intervals old
@@ -120,6 +122,11 @@ class QuoteStreamStatus:
     def streamed(self) -> set[str]:
         """The symbols decided on each quote now (none while the stream is stale)."""
         return set() if self.heartbeat.stale else {row.symbol for row in self.symbols if row.accepted}
+
+    def polled(self) -> list[str]:
+        """The watched positions' symbols the monitor polls at its normal interval (one query)."""
+        watched = Position.objects.watched().values_list("symbol", flat=True).distinct()
+        return sorted(set(watched) - self.streamed)
 
 
 def quote_stream_status(*, now: datetime | None = None) -> QuoteStreamStatus:

@@ -15,7 +15,7 @@ from risk.monitor import backstop_forget, monitor_cycle
 from risk.quote_watch import quote_stream_runner
 from risk.selectors import quote_stream_status, streamed_symbols
 from risk.entries import BracketNotProtected, submit_bracket_order
-from tests.helpers import exit_posts
+from tests.helpers import exit_posts, staff_client, token_client
 from trading.models import CloseReason, Position, PositionStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("active")]
@@ -279,3 +279,18 @@ def test_a_dropped_stream_reconnects_resubscribes_and_decides_again(quotes, exch
     exchange.control.set_quote("AAPL", "139.50", "139.52")
     assert eventually(lambda: _closed_by_stream(position, CloseReason.STOP_LOSS_HIT), timeout=20)
     assert _triggered_via(position) == [DecidedOn.STREAM]
+
+
+def test_stream_health_per_symbol_in_the_api_and_on_the_admin_index(quotes, exchange):
+    unprotected(exchange)
+    unprotected(exchange, symbol="MSFT", stop="390", target="410")
+    assert eventually(lambda: streamed(exchange, "AAPL", "MSFT"))
+    exchange.control.set_quote("AAPL", "150.10", "150.12")
+    assert eventually(lambda: StreamedSymbol.objects.filter(symbol="AAPL", quotes__gte=1).exists())
+    body = token_client("viewer", ["risk.view_heartbeat"]).get("/api/v1/stream/quotes").json()
+    assert body["healthy"] is True and body["polled"] == []
+    rows = {row["symbol"]: row for row in body["symbols"]}
+    assert rows["AAPL"]["streamed"] is True and rows["AAPL"]["bid"] == "150.1000" and rows["AAPL"]["quotes"] >= 1
+    assert rows["MSFT"]["streamed"] is True
+    page = staff_client("ops", ["trading.view_position"]).get("/admin/").content.decode()
+    assert 'id="quote-stream-box"' in page and "HEALTHY" in page and "AAPL" in page
