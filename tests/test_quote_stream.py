@@ -294,3 +294,89 @@ def test_stream_health_per_symbol_in_the_api_and_on_the_admin_index(quotes, exch
     assert rows["MSFT"]["streamed"] is True
     page = staff_client("ops", ["trading.view_position"]).get("/admin/").content.decode()
     assert 'id="quote-stream-box"' in page and "HEALTHY" in page and "AAPL" in page
+
+
+# --- alpaca-py 0.44: what the quote stream relies on, pinned ----------------------------------
+
+
+def test_alpaca_py_only_logs_subscription_and_error_messages_ours_hands_them_on():
+    import asyncio
+
+    from alpaca.data.live import StockDataStream
+
+    from trading import broker
+
+    seen = []
+
+    async def handler(message):
+        seen.append(message)
+
+    plain = StockDataStream("k", "s", raw_data=True, url_override="ws://127.0.0.1:9/v2/iex")
+    plain.subscribe_quotes(handler, "*")  # before it runs: only records the handler
+    for message in ({"T": "subscription", "quotes": ["AAPL"]}, {"T": "error", "code": 405, "msg": "symbol limit exceeded"}):
+        asyncio.run(plain._dispatch(message))
+    assert seen == []  # alpaca-py's _dispatch logs them and returns
+    ours = broker.quote_stream(handler, ping_seconds=1)
+    asyncio.run(ours._dispatch({"T": "error", "code": 405, "msg": "symbol limit exceeded"}))
+    asyncio.run(ours._dispatch({"T": "subscription", "quotes": ["AAPL"], "trades": []}))
+    assert [broker.parse_stream_notice(m) for m in seen] == [
+        broker.StreamNotice(kind="error", code=405, message="symbol limit exceeded"),
+        broker.StreamNotice(kind="subscription", accepted=("AAPL",))]
+
+
+def test_alpaca_py_subscribe_blocks_on_its_own_loop_and_spins_before_the_first_symbol():
+    """What `quotes_change` and the wait before `_run_forever` design around: `_subscribe` waits
+    on a future of the stream's own loop (a deadlock when called from it); `_run_forever` polls
+    for a first handler with `asyncio.sleep(0)` (a busy loop); the handlers of the quotes
+    channel are what it subscribes again after a reconnection."""
+    import inspect
+
+    from alpaca.data.live.websocket import DataStream
+
+    assert "run_coroutine_threadsafe" in inspect.getsource(DataStream._subscribe)
+    assert ".result()" in inspect.getsource(DataStream._subscribe)
+    spin = inspect.getsource(DataStream._run_forever)
+    assert "await asyncio.sleep(0)" in spin.split("started")[0]
+    assert "_send_subscribe_msg()" in spin and "self._handlers" in inspect.getsource(DataStream._send_subscribe_msg)
+
+
+def test_the_quote_stream_does_not_spin_while_nothing_is_subscribed():
+    import asyncio
+
+    from trading import broker
+
+    async def handler(message):
+        pass
+
+    stream = broker.quote_stream(handler, ping_seconds=1)
+    used = []
+
+    def run():
+        started = time.thread_time()
+
+        async def main():
+            runner = asyncio.create_task(broker.stream_run(stream))
+            await asyncio.sleep(1.0)
+            await broker.stream_stop(stream)
+            await asyncio.wait_for(runner, 5)
+
+        asyncio.run(main())
+        used.append(time.thread_time() - started)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=10)
+    assert used and used[0] < 0.5  # a busy loop would use the whole second
+
+
+def test_streamed_quotes_are_read_like_rest_quotes():
+    import datetime as dt
+
+    import msgpack
+
+    from trading import broker
+
+    stamp = msgpack.Timestamp.from_datetime(dt.datetime(2026, 12, 1, 15, 0, tzinfo=dt.UTC))
+    quote = broker.parse_stream_quote({"T": "q", "S": "AAPL", "bp": 149.99, "ap": 0, "t": stamp})
+    assert (quote.bid, quote.ask, quote.time) == (Decimal("149.99"), None, dt.datetime(2026, 12, 1, 15, 0, tzinfo=dt.UTC))
+    assert broker.parse_stream_notice({"T": "q", "S": "AAPL"}) is None
