@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from trading import broker
@@ -80,6 +80,7 @@ class StreamRunner:
                 lease_release(name=self.lease_name, holder=self.holder)
             except DatabaseError as exc:  # it expires on its own
                 log.error("%s lease not released (%s)", self.name, type(exc).__name__)
+            connections.close_all()
 
     @property
     def lease_name(self) -> str:
@@ -121,6 +122,7 @@ class StreamRunner:
                     await asyncio.wait_for(reader, timeout=10)
                 except (asyncio.TimeoutError, Exception) as exc:  # stopping: a late error is only logged
                     log.info("%s stream stopped (%s)", self.name, type(exc).__name__)
+                await loop.run_in_executor(worker, connections.close_all)  # the worker thread's, as it ends
 
     # -- in the worker thread ----------------------------------------------------------------
 
