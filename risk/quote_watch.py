@@ -114,13 +114,15 @@ class QuoteWatch:
             return
         self.quote_decide(quote=quote)
 
-    def quote_decide(self, *, quote: Quote) -> int:
-        """Decide one quote against the watched positions of its symbol; how many were claimed."""
+    def quote_decide(self, *, quote: Quote, streamed: bool = True) -> int:
+        """Decide one quote against the watched positions of its symbol; how many were claimed.
+        `streamed`: False for a snapshot read over REST (it says nothing of the stream's health)."""
         now = timezone.now()
-        self.state.last_quote_at = now
         stats = self.symbols.setdefault(quote.symbol, SymbolStats())
-        stats.quotes += 1
-        stats.last_quote, stats.last_quote_at = quote, now
+        if streamed:
+            self.state.last_quote_at = now
+            stats.quotes += 1
+            stats.last_quote, stats.last_quote_at = quote, now
         positions = self.book.get(quote.symbol)
         if not positions:
             return 0
@@ -153,6 +155,22 @@ class QuoteWatch:
         claimed, _ = triggered_close(triggered=confirmed, owner=self.owner, via=DecidedOn.STREAM, wait=False)
         return claimed
 
+    def _snapshot(self, symbols: set[str]) -> None:
+        """Decide the latest quote of symbols just accepted, read after the broker accepted them:
+        a stream sends only what changes from then on, and the monitor already leaves these
+        symbols to the stream, so a crossing that happened just before would wait for the
+        backstop poll."""
+        wanted = {s for s in symbols if s in self.book}
+        if not wanted:
+            return
+        try:
+            quotes = broker.latest_quotes(wanted)
+        except BrokerError as exc:
+            log.warning("quote stream: no snapshot of %d new symbols (%s)", len(wanted), exc)
+            return
+        for quote in quotes.values():
+            self.quote_decide(quote=quote, streamed=False)
+
     def _skipped(self, stats: SymbolStats, skipped: list) -> None:
         """Counted always; recorded once per symbol and problem every SKIP_RECORD_SECONDS (a feed
         sending crossed quotes many times a second must not flood the journal)."""
@@ -171,10 +189,12 @@ class QuoteWatch:
     def _notice(self, notice: broker.StreamNotice) -> None:
         state = self.state
         if notice.kind == "subscription":
+            new = set(notice.accepted) - state.accepted
             state.accepted = set(notice.accepted)
             for symbol in state.accepted:
                 state.rejected.pop(symbol, None)
             log.info("quote stream: %d symbols accepted", len(state.accepted))
+            self._snapshot(new)
             return
         state.last_error = f"{notice.code} {notice.message}".strip()
         if notice.code == 405:  # symbol limit: only what was accepted is streamed; the rest is polled
@@ -193,10 +213,13 @@ class QuoteWatch:
         """Reload the watched positions, follow the connection, re-plan the subscriptions, write
         the per-symbol health; returns the subscription change to send (a coroutine) or None."""
         state = self.state
+        reconnected = connection is not None and connection != state.connection
         if connection != state.connection:  # its subscription answer may have come already: `accepted` stays
             state.connection = connection
             state.connected_at = timezone.now() if connection is not None else None
         self.book_load()
+        if reconnected:  # quotes sent while it was away are never sent again
+            self._snapshot(state.accepted)
         self._market_open()
         state.rejected = {symbol: why for symbol, why in state.rejected.items() if symbol in self.book}
         add, remove = self.plan()

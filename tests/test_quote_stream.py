@@ -104,6 +104,20 @@ def test_a_streamed_quote_crossing_a_level_closes_at_once(quotes, exchange, side
     assert len(exit_posts(exchange)) == 1
 
 
+def test_a_crossing_before_the_subscription_is_decided_on_the_snapshot(exchange, settings):
+    """A stream sends only changes: a symbol's quote from before it was subscribed (or while the
+    stream was away) is read once the broker accepted it, and decided."""
+    settings.STREAM_SILENCE_SECONDS = 30
+    position = unprotected(exchange)
+    exchange.control.set_quote("AAPL", "139.50", "139.52")  # crossed before any stream runs
+    running = Running()
+    try:
+        assert eventually(lambda: _closed_by_stream(position, CloseReason.STOP_LOSS_HIT))
+        assert _triggered_via(position) == [DecidedOn.STREAM] and len(exit_posts(exchange)) == 1
+    finally:
+        running.close()
+
+
 def test_a_quote_inside_the_levels_does_nothing(quotes, exchange):
     position = unprotected(exchange)
     assert eventually(lambda: streamed(exchange, "AAPL"))
