@@ -15,35 +15,16 @@ from risk.monitor import backstop_forget, monitor_cycle
 from risk.quote_watch import quote_stream_runner
 from risk.selectors import quote_stream_status, streamed_symbols
 from risk.entries import BracketNotProtected, submit_bracket_order
-from tests.helpers import exit_posts, staff_client, token_client
+from tests.helpers import StreamThread, eventually, exit_posts, staff_client, token_client
 from trading.models import CloseReason, Position, PositionStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("active")]
 
-WAIT = 10
-
-
-def eventually(check, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
-
-
-class Running:
+class Running(StreamThread):
     def __init__(self, holder: str = "test-quotes", **kwargs):
-        self.stop = threading.Event()
-        self.runner, self.watch = quote_stream_runner(holder=holder, ping_seconds=1, **kwargs)
-        self.runner.lease_seconds = 6
-        self.thread = threading.Thread(target=self.runner.run, args=(self.stop,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=20)
-        assert not self.thread.is_alive()
+        runner, self.watch = quote_stream_runner(holder=holder, ping_seconds=1, **kwargs)
+        runner.lease_seconds = 6
+        super().__init__(runner)
 
 
 @pytest.fixture(autouse=True)
