@@ -31,6 +31,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from trading import broker
@@ -49,6 +50,7 @@ HYSTERESIS = Decimal("0.2")  # a symbol replaces a streamed one only when 20 % n
 SKIP_RECORD_SECONDS = 5.0  # one skipped-quote record per symbol and problem in this long (all are counted)
 CLOCK_RETRY_SECONDS = 15.0
 CLOCK_MAX_SECONDS = 300.0
+BOOK_RELOAD_SECONDS = 30.0
 
 
 @dataclass
@@ -94,6 +96,8 @@ class QuoteWatch:
         self.confirm = confirm or settings.STREAM_CONFIRM_QUOTES
         self.state = QuoteWatchState(limit=settings.STREAM_MAX_SYMBOLS if max_symbols is None else max_symbols)
         self.book: dict[str, list[Position]] = {}
+        self.book_version: tuple = ()
+        self.book_loaded = -math.inf  # time.monotonic()
         self.symbols: dict[str, SymbolStats] = {}
         self.streaks: dict[int, tuple[str, int]] = {}  # position -> (reason, consecutive quotes beyond it)
         self.clock: Clock | None = None
@@ -152,7 +156,10 @@ class QuoteWatch:
         self.book[quote.symbol] = [p for p in positions if p.pk not in decided]  # claimed, or another's
         for pk in decided:
             self.streaks.pop(pk, None)
-        claimed, _ = triggered_close(triggered=confirmed, owner=self.owner, via=DecidedOn.STREAM, wait=False)
+        try:
+            claimed, _ = triggered_close(triggered=confirmed, owner=self.owner, via=DecidedOn.STREAM, wait=False)
+        finally:
+            self.book_version = ()  # read the book again at the next tick, whatever came of it
         return claimed
 
     def _snapshot(self, symbols: set[str]) -> None:
@@ -231,9 +238,16 @@ class QuoteWatch:
         return None
 
     def book_load(self) -> None:
+        """The watched positions by symbol, read again when any changed: one small query a second
+        (how many are watched, and their latest `updated_at`, which every change of a position
+        moves), the full read only when that differs, and every BOOK_RELOAD_SECONDS anyway."""
+        watched = Position.objects.filter(WATCHED)
+        version = tuple(watched.aggregate(n=Count("id"), at=Max("updated_at")).values())
+        if version == self.book_version and time.monotonic() - self.book_loaded < BOOK_RELOAD_SECONDS:
+            return
+        self.book_version, self.book_loaded = version, time.monotonic()
         book: dict[str, list[Position]] = {}
-        for position in Position.objects.filter(WATCHED).only("id", "symbol", "side", "stop_loss", "take_profit",
-                                                               "status"):
+        for position in watched.only("id", "symbol", "side", "stop_loss", "take_profit", "status"):
             book.setdefault(position.symbol, []).append(position)
         self.book = book
         live = {p.pk for positions in book.values() for p in positions}
