@@ -322,11 +322,33 @@ def _trim_profile(text: str, width: int = 150) -> str:
     return "\n".join(line for line in lines if line.strip())[:7000]
 
 
+def _quote_targets(runs: dict) -> list[str]:
+    """Issue 14: streamed median < 100 ms and p99 < 500 ms at every size; a silent stream noticed
+    and polling resumed within one interval."""
+    if not runs:
+        return []
+    streamed = {int(n): q.get("streamed") or {} for n, q in runs.items()}
+    fast = all(f.get("median") is not None and f["median"] < 0.1 and f["p99"] < 0.5 for f in streamed.values())
+    lines = [f"- Quote stream: crossing → exit, streamed median < 100 ms and p99 < 500 ms at every size: "
+             f"**{'MET' if fast else 'MISSED'}** ("
+             + ", ".join(f"{n:,}: {ms(f.get('median'))} / {ms(f.get('p99'))} ms" for n, f in streamed.items()) + ")"]
+    silences = {int(n): q.get("silence") for n, q in runs.items() if q.get("silence")}
+    if silences:
+        ok = all(s["exit_after_noticed"] is not None and s["exit_after_noticed"] <= runs[str(n)]["interval"]
+                 for n, s in silences.items())
+        lines.append(f"- Quote stream silent: noticed, and a crossing it can't see exited within one interval of "
+                     f"that: **{'MET' if ok else 'MISSED'}** ("
+                     + ", ".join(f"{n:,}: noticed {sec(s['noticed'])} s, exit {sec(s['exit_after_noticed'])} s later"
+                                 for n, s in silences.items()) + ")")
+    return lines
+
+
 def targets(results: dict) -> str:
     """Each target, met or missed, with the numbers behind it."""
     kind = results.get("db")
     sizes = results.get("sizes", {})
     lines = [f"**Targets ({kind})**\n"]
+    lines += _quote_targets(results.get("quotes") or {})
     if sizes:
         idle_q = {int(n): s["idle"]["queries"] for n, s in sizes.items() if "idle" in s}
         flat = len(set(idle_q.values())) == 1

@@ -51,6 +51,7 @@ SKIP_RECORD_SECONDS = 5.0  # one skipped-quote record per symbol and problem in 
 CLOCK_RETRY_SECONDS = 15.0
 CLOCK_MAX_SECONDS = 300.0
 BOOK_RELOAD_SECONDS = 30.0
+ERROR_RECORD_SECONDS = 60.0
 
 
 @dataclass
@@ -100,6 +101,7 @@ class QuoteWatch:
         self.book_loaded = -math.inf  # time.monotonic()
         self.symbols: dict[str, SymbolStats] = {}
         self.streaks: dict[int, tuple[str, int]] = {}  # position -> (reason, consecutive quotes beyond it)
+        self.error_recorded: tuple[str, float] = ("", -math.inf)  # (error, time.monotonic())
         self.clock: Clock | None = None
         self.clock_failed = False
         self.clock_due = -math.inf  # time.monotonic()
@@ -209,6 +211,10 @@ class QuoteWatch:
             state.limit = len(state.accepted)
             for symbol in refused:
                 state.rejected[symbol] = state.last_error
+        last_error, last_at = self.error_recorded
+        if state.last_error == last_error and time.monotonic() - last_at < ERROR_RECORD_SECONDS:
+            return  # a refusal repeated at each reconnection is recorded once a minute
+        self.error_recorded = (state.last_error, time.monotonic())
         event_record(kind=RiskEventKind.ERROR, reason=f"quote stream: {state.last_error}"[:255],
                      message={405: "symbol limit: the symbols refused are polled",
                               406: "connection limit: polled until a connection is allowed",

@@ -243,6 +243,22 @@ def test_a_406_connection_limit_is_recorded_and_the_stream_stale(exchange, setti
         running.close()
 
 
+def test_a_409_insufficient_subscription_is_recorded_once_and_the_symbols_polled(exchange, settings):
+    settings.STREAM_SILENCE_SECONDS = 3
+    exchange.control.add_fault("ws_409", path="/v2/iex")
+    unprotected(exchange)
+    running = Running()
+    try:
+        assert eventually(lambda: RiskEvent.objects.filter(kind=RiskEventKind.ERROR, reason__contains="409").exists())
+        time.sleep(6)  # alpaca-py gives up on a 409; the runner starts it again after a pause
+        assert RiskEvent.objects.filter(kind=RiskEventKind.ERROR, reason__contains="409").count() == 1
+        assert streamed_symbols() == set()
+        assert monitor_cycle().checked == 1  # polled
+    finally:
+        running.close()
+        exchange.control.clear_faults()
+
+
 def test_a_silent_stream_is_alerted_and_every_symbol_polled_again(quotes, exchange, settings):
     settings.STREAM_SILENCE_SECONDS = 2
     settings.MONITOR_STREAMED_INTERVAL_SECONDS = 3600
