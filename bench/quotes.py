@@ -82,14 +82,22 @@ class Ticker:
         self.thread.join(timeout=5)
 
 
-def _summary(latencies: list[float], misses: int) -> dict:
+def _decided_by(symbol: str) -> str:
+    """What the exit of the symbol was decided on: `stream` or `poll` (the triggered event's data)."""
+    from risk.models import RiskEvent, RiskEventKind
+
+    event = RiskEvent.objects.filter(kind=RiskEventKind.TRIGGERED, position__symbol=symbol).order_by("id").first()
+    return (event.data or {}).get("via", "?") if event else "?"
+
+
+def _summary(latencies: list[float], misses: int, via: list[str] = ()) -> dict:
     ordered = sorted(latencies)
 
     def pct(q: float):
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
     return {"samples": len(ordered), "misses": misses, "median": pct(0.5), "p99": pct(0.99),
-            "max": ordered[-1] if ordered else None}
+            "max": ordered[-1] if ordered else None, "decided_by": {v: list(via).count(v) for v in set(via)}}
 
 
 def quotes_figure(control, env: dict, *, n: int, streamed_samples: int, polled_samples: int, interval: int,
@@ -117,7 +125,7 @@ def quotes_figure(control, env: dict, *, n: int, streamed_samples: int, polled_s
             _wait(lambda: len(_streamed()) >= min(max_symbols, len(held)), 120, "the first subscription", stream)
             figures["subscribed_seconds"] = time.monotonic() - started
             # streamed: one crossing at a time, each on a symbol streamed at that moment
-            latencies, misses = [], 0
+            latencies, misses, via = [], 0, []
             for _ in range(streamed_samples):
                 candidates = sorted(_streamed() - ticker.frozen)
                 if not candidates:
@@ -134,9 +142,10 @@ def quotes_figure(control, env: dict, *, n: int, streamed_samples: int, polled_s
                 else:
                     latencies.append(arrival - crossed_at)
                 time.sleep(0.3)
-            figures["streamed"] = _summary(latencies, misses)
+                via.append(_decided_by(symbol))
+            figures["streamed"] = _summary(latencies, misses, via)
             # polled, in the same run: symbols the stream does not watch, at a random phase of the interval
-            latencies, misses = [], 0
+            latencies, misses, via = [], 0, []
             polled = [s for s in held if s not in near]
             rng.shuffle(polled)
             for symbol in polled[:polled_samples]:
@@ -149,7 +158,9 @@ def quotes_figure(control, env: dict, *, n: int, streamed_samples: int, polled_s
                     misses += 1
                 else:
                     latencies.append(arrival - crossed_at)
-            figures["polled"] = _summary(latencies, misses)
+                    time.sleep(0.5)
+                    via.append(_decided_by(symbol))
+            figures["polled"] = _summary(latencies, misses, via)
             # the stream goes silent: noticed (the heartbeat stale) and a crossing it can't see exited
             candidates = sorted(_streamed() - ticker.frozen)
             if candidates:

@@ -270,10 +270,12 @@ def report(results: dict) -> str:
                 label = (f"streamed ({q['max_symbols']} symbols nearest their stops)" if what == "streamed"
                          else f"polled (monitor every {q['interval']} s)")
                 rows.append([f"{int(n):,}", label, f.get("samples", 0), ms(f.get("median")), ms(f.get("p99")),
-                             ms(f.get("max")), f.get("misses", 0)])
+                             ms(f.get("max")), f.get("misses", 0),
+                             ", ".join(f"{k} ×{v}" for k, v in sorted((f.get("decided_by") or {}).items()))])
         parts.append("\n**Quote stream**: a quote crossing a stop at the exchange → the exit request at the exchange "
                      "(`runquotes` and `runmonitor` side by side, positions over 500 symbols)\n")
-        parts.append(table(["positions", "symbols", "samples", "median ms", "p99 ms", "max ms", "missed"], rows))
+        parts.append(table(["positions", "symbols", "samples", "median ms", "p99 ms", "max ms", "missed",
+                            "decided on"], rows))
         for n, q in quote_runs.items():
             silence = q.get("silence")
             if silence:
