@@ -11,10 +11,10 @@ from enum import StrEnum
 from trading.broker import Quote
 from trading.models import Closer, Position, Side
 
-from .claims import position_claim
+from .claims import positions_claim
 from .closing import claimed_close
 from .finalize import CloseOutcome
-from .journal import event_record, log_line
+from .journal import events_record, log_line
 from .models import RiskEvent, RiskEventKind
 from .rules import exit_price, quote_problem, trigger_reason
 
@@ -83,17 +83,27 @@ def skips_record(*, skipped: list[RiskEvent], via: DecidedOn) -> None:
 
 def triggered_close(*, triggered: list[Trigger], owner: str, via: DecidedOn,
                     wait: bool = True) -> tuple[int, list[CloseOutcome]]:
-    """Claim each triggered position (compare-and-set: a position another decider claimed first
-    is left to it) and close the claimed ones; (claimed, outcomes). `wait`: await the exits'
-    fills briefly (the monitor does; the stream must not hold up the next quote)."""
-    claimed = []
+    """Claim the triggered positions (compare-and-set, one statement per close reason: a position
+    another decider claimed first is left to it), record why, and close the claimed ones;
+    (claimed, outcomes). `wait`: await the exits' fills briefly (the monitor does; the stream
+    must not hold up the next quote)."""
+    by_reason: dict[str, list[Trigger]] = {}
     for trigger in triggered:
-        position, quote, price = trigger.position, trigger.quote, trigger.price
-        if position_claim(position_id=position.pk, reason=trigger.reason, owner=owner, by=Closer.MONITOR):
-            event_record(kind=RiskEventKind.TRIGGERED, position=position, price=price, quote_time=quote.time,
-                         reason=trigger.reason, data=quote_data(quote) | {"price_used": price, "via": via},
-                         message=f"{'bid' if position.side == Side.LONG else 'ask'} {price} (bid {quote.bid} / "
-                                 f"ask {quote.ask}) vs stop {position.stop_loss} / target {position.take_profit}"
-                                 f" ({via})")
+        by_reason.setdefault(trigger.reason, []).append(trigger)
+    claimed, events = [], []
+    for reason, group in by_reason.items():
+        won = set(positions_claim(position_ids=[t.position.pk for t in group], reason=reason, owner=owner,
+                                  by=Closer.MONITOR))
+        for trigger in group:
+            if trigger.position.pk not in won:
+                continue
+            position, quote, price = trigger.position, trigger.quote, trigger.price
             claimed.append(position.pk)
+            events.append(RiskEvent(
+                kind=RiskEventKind.TRIGGERED, position=position, symbol=position.symbol, price=price,
+                quote_time=quote.time, reason=reason, data=quote_data(quote) | {"price_used": price, "via": via},
+                message=f"{'bid' if position.side == Side.LONG else 'ask'} {price} (bid {quote.bid} / ask {quote.ask}) "
+                        f"vs stop {position.stop_loss} / target {position.take_profit} ({via})"))
+    if events:
+        events_record(events=events)
     return len(claimed), claimed_close(claimed, owner, wait=wait)
