@@ -83,15 +83,16 @@ def skips_record(*, skipped: list[RiskEvent], via: DecidedOn) -> None:
 
 def triggered_close(*, triggered: list[Trigger], owner: str, via: DecidedOn,
                     wait: bool = True) -> tuple[int, list[CloseOutcome]]:
-    """Claim the triggered positions (compare-and-set, one statement per close reason: a position
-    another decider claimed first is left to it), record why, and close the claimed ones;
-    (claimed, outcomes). `wait`: await the exits' fills briefly (the monitor does; the stream
-    must not hold up the next quote)."""
-    by_reason: dict[str, list[Trigger]] = {}
+    """Claim the triggered positions (compare-and-set, one statement per symbol and close reason:
+    a position another decider claimed first is left to it; deciders racing over many symbols
+    share them out symbol by symbol), record why, and close the claimed ones; (claimed,
+    outcomes). `wait`: await the exits' fills briefly (the monitor does; the stream must not
+    hold up the next quote)."""
+    groups: dict[tuple[str, str], list[Trigger]] = {}
     for trigger in triggered:
-        by_reason.setdefault(trigger.reason, []).append(trigger)
+        groups.setdefault((trigger.position.symbol, trigger.reason), []).append(trigger)
     claimed, events = [], []
-    for reason, group in by_reason.items():
+    for (_, reason), group in groups.items():
         won = set(positions_claim(position_ids=[t.position.pk for t in group], reason=reason, owner=owner,
                                   by=Closer.MONITOR))
         for trigger in group:
