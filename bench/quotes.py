@@ -9,6 +9,7 @@ Never fails on a time."""
 import random
 import threading
 import time
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from bench import procs
@@ -90,13 +91,35 @@ def _decided_by(symbol: str) -> str:
     return (event.data or {}).get("via", "?") if event else "?"
 
 
-def _summary(latencies: list[float], misses: int, via: list[str] = ()) -> dict:
-    ordered = sorted(latencies)
+@dataclass
+class Samples:
+    latencies: list[float] = field(default_factory=list)
+    misses: int = 0
+    via: list[str] = field(default_factory=list)
+
+
+def _cross(control, symbol: str, *, timeout: float, into: Samples) -> None:
+    """Cross the symbol's stop at the exchange; the time until its exit request arrives there,
+    and what it was decided on."""
+    control.clear_requests_log()
+    crossed_at = time.time()
+    control.set_quotes([crossing_quote(symbol)])
+    arrival = _exit_arrival(control, symbol, timeout=timeout)
+    if arrival is None:
+        into.misses += 1
+        return
+    into.latencies.append(arrival - crossed_at)
+    time.sleep(0.3)  # the deciding process writes its records meanwhile
+    into.via.append(_decided_by(symbol))
+
+
+def _summary(samples: Samples) -> dict:
+    ordered, via = sorted(samples.latencies), samples.via
 
     def pct(q: float):
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
-    return {"samples": len(ordered), "misses": misses, "median": pct(0.5), "p99": pct(0.99),
+    return {"samples": len(ordered), "misses": samples.misses, "median": pct(0.5), "p99": pct(0.99),
             "max": ordered[-1] if ordered else None, "decided_by": {v: list(via).count(v) for v in set(via)}}
 
 
@@ -125,42 +148,24 @@ def quotes_figure(control, env: dict, *, n: int, streamed_samples: int, polled_s
             _wait(lambda: len(_streamed()) >= min(max_symbols, len(held)), 120, "the first subscription", stream)
             figures["subscribed_seconds"] = time.monotonic() - started
             # streamed: one crossing at a time, each on a symbol streamed at that moment
-            latencies, misses, via = [], 0, []
+            samples = Samples()
             for _ in range(streamed_samples):
                 candidates = sorted(_streamed() - ticker.frozen)
                 if not candidates:
                     break
                 symbol = rng.choice(candidates)
                 ticker.frozen.add(symbol)
-                control.clear_requests_log()
                 time.sleep(rng.uniform(0, 0.2))
-                crossed_at = time.time()
-                control.set_quotes([crossing_quote(symbol)])
-                arrival = _exit_arrival(control, symbol, timeout=interval + 30)
-                if arrival is None:
-                    misses += 1
-                else:
-                    latencies.append(arrival - crossed_at)
-                time.sleep(0.3)
-                via.append(_decided_by(symbol))
-            figures["streamed"] = _summary(latencies, misses, via)
+                _cross(control, symbol, timeout=interval + 30, into=samples)
+            figures["streamed"] = _summary(samples)
             # polled, in the same run: symbols the stream does not watch, at a random phase of the interval
-            latencies, misses, via = [], 0, []
+            samples = Samples()
             polled = [s for s in held if s not in near]
             rng.shuffle(polled)
             for symbol in polled[:polled_samples]:
                 time.sleep(rng.uniform(0, interval))
-                control.clear_requests_log()
-                crossed_at = time.time()
-                control.set_quotes([crossing_quote(symbol)])
-                arrival = _exit_arrival(control, symbol, timeout=2 * interval + 60)
-                if arrival is None:
-                    misses += 1
-                else:
-                    latencies.append(arrival - crossed_at)
-                    time.sleep(0.5)
-                    via.append(_decided_by(symbol))
-            figures["polled"] = _summary(latencies, misses, via)
+                _cross(control, symbol, timeout=2 * interval + 60, into=samples)
+            figures["polled"] = _summary(samples)
             # the stream goes silent: noticed (the heartbeat stale) and a crossing it can't see exited
             candidates = sorted(_streamed() - ticker.frozen)
             if candidates:
