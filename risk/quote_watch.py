@@ -25,12 +25,13 @@ symbol at its normal interval again from its next cycle.
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
@@ -99,6 +100,8 @@ class QuoteWatch:
         self.book: dict[str, list[Position]] = {}
         self.book_version: tuple = ()
         self.book_loaded = -math.inf  # time.monotonic()
+        self.reader: ThreadPoolExecutor | None = None
+        self.reading: Future | None = None
         self.symbols: dict[str, SymbolStats] = {}
         self.streaks: dict[int, tuple[str, int]] = {}  # position -> (reason, consecutive quotes beyond it)
         self.error_recorded: tuple[str, float] = ("", -math.inf)  # (error, time.monotonic())
@@ -129,6 +132,7 @@ class QuoteWatch:
             self.state.last_quote_at = now
             stats.quotes += 1
             stats.last_quote, stats.last_quote_at = quote, now
+        self._book_swap()
         positions = self.book.get(quote.symbol)
         if not positions:
             return 0
@@ -244,20 +248,44 @@ class QuoteWatch:
         return None
 
     def book_load(self) -> None:
-        """The watched positions by symbol, read again when any changed: one small query a second
-        (how many are watched, and their latest `updated_at`, which every change of a position
-        moves), the full read only when that differs, and every BOOK_RELOAD_SECONDS anyway."""
-        watched = Position.objects.filter(WATCHED)
-        version = tuple(watched.aggregate(n=Count("id"), at=Max("updated_at")).values())
-        if version == self.book_version and time.monotonic() - self.book_loaded < BOOK_RELOAD_SECONDS:
+        """Take the watched positions read in the background (`book_read`), and start the next
+        read: the reading (10,000 positions take a few hundred ms) never holds up a quote, which
+        is decided on the book as last read. The first read is waited for."""
+        self._book_swap()
+        if self.reading is None:
+            force = time.monotonic() - self.book_loaded >= BOOK_RELOAD_SECONDS
+            self.reading = self._reader().submit(book_read, version=self.book_version, force=force)
+            if self.book_loaded == -math.inf:
+                wait([self.reading], timeout=30)
+                self._book_swap()
+
+    def _reader(self) -> ThreadPoolExecutor:
+        if self.reader is None:
+            self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quotes-book")
+        return self.reader
+
+    def _book_swap(self) -> None:
+        reading = self.reading
+        if reading is None or not reading.done():
             return
-        self.book_version, self.book_loaded = version, time.monotonic()
-        book: dict[str, list[Position]] = {}
-        for position in watched.only("id", "symbol", "side", "stop_loss", "take_profit", "status"):
-            book.setdefault(position.symbol, []).append(position)
-        self.book = book
-        live = {p.pk for positions in book.values() for p in positions}
+        self.reading = None
+        try:
+            result = reading.result()
+        except DatabaseError as exc:  # the next tick reads again
+            log.error("quote stream: watched positions not read (%s): %s", type(exc).__name__, exc)
+            return
+        if result is None:
+            return
+        self.book_version, self.book = result
+        self.book_loaded = time.monotonic()
+        live = {p.pk for positions in self.book.values() for p in positions}
         self.streaks = {pk: streak for pk, streak in self.streaks.items() if pk in live}
+
+    def close(self) -> None:
+        """Stop the background reader (its thread closes its own connection after each read)."""
+        if self.reader is not None:
+            self.reader.shutdown(wait=True)
+            self.reader = None
 
     def plan(self) -> tuple[set[str], set[str]]:
         """(symbols to subscribe, to unsubscribe): gone symbols leave; free room is filled at once
@@ -364,6 +392,24 @@ class QuoteWatch:
                                "last_problem", "updated_at"])
 
 
+def book_read(*, version: tuple, force: bool) -> tuple[tuple, dict[str, list[Position]]] | None:
+    """The watched positions by symbol, with their version: how many are watched and their
+    latest `updated_at` (which every change of a position moves); None when the version is
+    `version` (nothing changed) and not `force`. Runs in the reader thread, and closes its
+    connection after each read."""
+    try:
+        watched = Position.objects.filter(WATCHED)
+        now = tuple(watched.aggregate(n=Count("id"), at=Max("updated_at")).values())
+        if now == version and not force:
+            return None
+        book: dict[str, list[Position]] = {}
+        for position in watched.only("id", "symbol", "side", "stop_loss", "take_profit", "status"):
+            book.setdefault(position.symbol, []).append(position)
+        return now, book
+    finally:
+        connection.close()
+
+
 def _rounded(value: Decimal | None) -> Decimal | None:
     return None if value is None else value.quantize(Decimal("0.0001"))
 
@@ -376,5 +422,5 @@ def quote_stream_runner(*, holder: str, max_symbols: int | None = None,
         name=QUOTES, holder=holder,
         make_stream=lambda handler: broker.quote_stream(handler,
                                                         ping_seconds=ping_seconds or settings.STREAM_PING_SECONDS),
-        apply=watch.apply, on_tick=watch.tick, beat_at=watch.beat_at)
+        apply=watch.apply, on_tick=watch.tick, beat_at=watch.beat_at, on_stop=watch.close)
     return runner, watch

@@ -46,11 +46,13 @@ class StreamRunner:
     def __init__(self, *, name: str, holder: str, make_stream: Callable, apply: Callable[[dict], object],
                  on_connect: Callable[[], object] | None = None, lease_seconds: int = 30,
                  on_tick: Callable[[object, int | None], Awaitable | None] | None = None,
-                 beat_at: Callable[[int | None], datetime | None] | None = None):
+                 beat_at: Callable[[int | None], datetime | None] | None = None,
+                 on_stop: Callable[[], object] | None = None):
         """`on_tick(stream, connection)`: once a second in the worker thread, after the lease;
         what it returns (a coroutine: sending on the websocket) is awaited in the stream's loop.
         `beat_at(connection)`: the time the heartbeat beats to, None for no beat (default: now
-        while connected): a stream may be connected and still silent."""
+        while connected): a stream may be connected and still silent. `on_stop()`: once, as `run`
+        ends."""
         self.name = name
         self.holder = holder
         self.make_stream = make_stream
@@ -58,6 +60,7 @@ class StreamRunner:
         self.on_connect = on_connect
         self.on_tick = on_tick
         self.beat_at = beat_at
+        self.on_stop = on_stop
         self.lease_seconds = lease_seconds
         self.stats = StreamStats()
 
@@ -80,6 +83,8 @@ class StreamRunner:
                 lease_release(name=self.lease_name, holder=self.holder)
             except DatabaseError as exc:  # it expires on its own
                 log.error("%s lease not released (%s)", self.name, type(exc).__name__)
+            if self.on_stop is not None:
+                self.on_stop()
             connections.close_all()
 
     @property
