@@ -44,7 +44,7 @@ run: $(VENV)/.installed .env
 	@rm -rf var/prometheus && mkdir -p var/prometheus  # the processes' counters, summed by /metrics
 	$(VPY) manage.py migrate --noinput
 	$(VPY) manage.py demo_setup
-	@if [ -n "$$ALPACA_API_KEY" ]; then procs="web monitor stream worker"; else procs=""; fi; \
+	@if [ -n "$$ALPACA_API_KEY" ]; then procs="web monitor stream quotes worker"; else procs=""; fi; \
 	PROMETHEUS_MULTIPROC_DIR="$(CURDIR)/var/prometheus" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	  exec $(VENV)/bin/honcho -f Procfile start $$procs
 

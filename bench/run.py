@@ -124,7 +124,8 @@ def run_database(kind: str, args) -> dict:
         command = [procs.PYTHON, "-m", "bench.suite", "--out", str(out), "--sizes", ",".join(map(str, args.sizes)),
                    "--latency", args.latency, "--admin-rows", str(args.admin_rows),
                    "--api-requests", str(args.api_requests), "--api-clients", str(args.api_clients),
-                   "--api-workers", str(args.api_workers), "--skip", args.skip]
+                   "--api-workers", str(args.api_workers), "--skip", args.skip,
+                   "--quote-sizes", ",".join(map(str, args.quote_sizes)), "--quote-samples", args.quote_samples]
         if args.profile:
             command.append("--profile")
         with open(child_log, "wb") as stdout:  # the monitor's log lines; progress goes to stderr
@@ -260,6 +261,28 @@ def report(results: dict) -> str:
                  events["no_stream"]["misses"]]]
         parts.append("\n**Broker events**: a stop leg fills at the exchange → the position is closed in the database\n")
         parts.append(table(["", "samples", "median s", "max s", "missed"], rows))
+    quote_runs = results.get("quotes")
+    if quote_runs:
+        rows = []
+        for n, q in quote_runs.items():
+            for what in ("streamed", "polled"):
+                f = q.get(what) or {}
+                label = (f"streamed ({q['max_symbols']} symbols nearest their stops)" if what == "streamed"
+                         else f"polled (monitor every {q['interval']} s)")
+                rows.append([f"{int(n):,}", label, f.get("samples", 0), ms(f.get("median")), ms(f.get("p99")),
+                             ms(f.get("max")), f.get("misses", 0),
+                             ", ".join(f"{k} ×{v}" for k, v in sorted((f.get("decided_by") or {}).items()))])
+        parts.append("\n**Quote stream**: a quote crossing a stop at the exchange → the exit request at the exchange "
+                     "(`runquotes` and `runmonitor` side by side, positions over 500 symbols)\n")
+        parts.append(table(["positions", "symbols", "samples", "median ms", "p99 ms", "max ms", "missed",
+                            "decided on"], rows))
+        for n, q in quote_runs.items():
+            silence = q.get("silence")
+            if silence:
+                parts.append(f"\nAt {int(n):,} positions, the stream silenced: noticed after "
+                             f"{sec(silence['noticed'])} s (STREAM_SILENCE_SECONDS={silence['silence_seconds']}); "
+                             f"a crossing it could not see exited by the monitor {sec(silence['exit'])} s after the "
+                             f"silence began ({sec(silence['exit_after_noticed'])} s after it was noticed).")
     api = results.get("api")
     if api:
         parts.append(f"\n**API** `POST /api/v1/orders/test`, gunicorn ×{api['workers']} sync workers, DEBUG off, "
@@ -301,11 +324,33 @@ def _trim_profile(text: str, width: int = 150) -> str:
     return "\n".join(line for line in lines if line.strip())[:7000]
 
 
+def _quote_targets(runs: dict) -> list[str]:
+    """Issue 14: streamed median < 100 ms and p99 < 500 ms at every size; a silent stream noticed
+    and polling resumed within one interval."""
+    if not runs:
+        return []
+    streamed = {int(n): q.get("streamed") or {} for n, q in runs.items()}
+    fast = all(f.get("median") is not None and f["median"] < 0.1 and f["p99"] < 0.5 for f in streamed.values())
+    lines = [f"- Quote stream: crossing → exit, streamed median < 100 ms and p99 < 500 ms at every size: "
+             f"**{'MET' if fast else 'MISSED'}** ("
+             + ", ".join(f"{n:,}: {ms(f.get('median'))} / {ms(f.get('p99'))} ms" for n, f in streamed.items()) + ")"]
+    silences = {int(n): q.get("silence") for n, q in runs.items() if q.get("silence")}
+    if silences:
+        ok = all(s["exit_after_noticed"] is not None and s["exit_after_noticed"] <= runs[str(n)]["interval"]
+                 for n, s in silences.items())
+        lines.append(f"- Quote stream silent: noticed, and a crossing it can't see exited within one interval of "
+                     f"that: **{'MET' if ok else 'MISSED'}** ("
+                     + ", ".join(f"{n:,}: noticed {sec(s['noticed'])} s, exit {sec(s['exit_after_noticed'])} s later"
+                                 for n, s in silences.items()) + ")")
+    return lines
+
+
 def targets(results: dict) -> str:
     """Each target, met or missed, with the numbers behind it."""
     kind = results.get("db")
     sizes = results.get("sizes", {})
     lines = [f"**Targets ({kind})**\n"]
+    lines += _quote_targets(results.get("quotes") or {})
     if sizes:
         idle_q = {int(n): s["idle"]["queries"] for n, s in sizes.items() if "idle" in s}
         flat = len(set(idle_q.values())) == 1
@@ -455,7 +500,10 @@ def parse_args(argv):
     parser.add_argument("--api-requests", type=int, default=None, help="test orders sent to the API (400)")
     parser.add_argument("--api-clients", type=int, default=8)
     parser.add_argument("--api-workers", type=int, default=2 * (os.cpu_count() or 1) + 1, help="gunicorn workers")
-    parser.add_argument("--skip", default="", help="comma list of: latency, admin, api, flatten")
+    parser.add_argument("--skip", default="", help="comma list of: latency, admin, api, flatten, stream, quotes")
+    parser.add_argument("--quote-sizes", default=None,
+                        help="positions over 500 symbols for the quote-stream figure (100,1000,10000)")
+    parser.add_argument("--quote-samples", default=None, help="streamed:polled crossings per size (30:5)")
     parser.add_argument("--rate-limit", type=int, default=200,
                         help="the exchange's trading-API requests a minute, as at Alpaca (0: off)")
     parser.add_argument("--profile", action="store_true", help="cProfile one idle cycle at the largest size")
@@ -468,6 +516,9 @@ def parse_args(argv):
     quick = args.quick
     args.sizes = [int(s) for s in (args.sizes or ("100" if quick else "100,1000,10000")).split(",") if s.strip()]
     args.latency = args.latency or ("1:3,30:1" if quick else "1:5,30:2")
+    args.quote_sizes = [int(s) for s in (args.quote_sizes or ("100" if quick else "100,1000,10000")).split(",")
+                        if s.strip()]
+    args.quote_samples = args.quote_samples or ("10:2" if quick else "30:5")
     args.admin_rows = args.admin_rows if args.admin_rows is not None else (20_000 if quick else 1_000_000)
     args.api_requests = args.api_requests if args.api_requests is not None else (80 if quick else 400)
     if not args.pg_url.startswith(("postgres://", "postgresql://")) or "@127.0.0.1" not in args.pg_url:

@@ -740,7 +740,10 @@ def main() -> None:
     parser.add_argument("--api-clients", type=int, default=8)
     parser.add_argument("--api-workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--skip", default="", help="comma list of: latency,admin,api,flatten,stream")
+    parser.add_argument("--skip", default="", help="comma list of: latency,admin,api,flatten,stream,quotes")
+    parser.add_argument("--quote-sizes", default="100,1000,10000",
+                        help="positions (over 500 symbols) for the quote-stream figure")
+    parser.add_argument("--quote-samples", default="30:5", help="streamed:polled crossings per size")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
 
@@ -824,6 +827,20 @@ def main() -> None:
         results["broker_events"]["no_stream"] = broker_events.without_stream(
             control, env, samples=10, interval=settings.MONITOR_INTERVAL_SECONDS)
         save()
+
+    if "quotes" not in skip:
+        from bench import quotes
+        from django.conf import settings
+
+        streamed_samples, polled_samples = (int(x) for x in args.quote_samples.split(":"))
+        results["quotes"] = {}
+        for n in (int(s) for s in args.quote_sizes.split(",") if s):
+            progress(f"quotes: {n} positions over 500 symbols, 30 streamed, monitor every "
+                     f"{settings.MONITOR_INTERVAL_SECONDS}s")
+            results["quotes"][str(n)] = quotes.quotes_figure(
+                control, env, n=n, streamed_samples=streamed_samples, polled_samples=polled_samples,
+                interval=settings.MONITOR_INTERVAL_SECONDS)
+            save()
 
     if "api" not in skip:
         progress(f"api: {args.api_requests} test orders, {args.api_clients} clients, gunicorn x{args.api_workers}")

@@ -307,6 +307,10 @@ _PAPER_STREAM_URL = PAPER_EXCHANGE_URL.replace("https://", "wss://").replace("ht
 ALPACA_TRADING_STREAM_URL = envstr("ALPACA_TRADING_STREAM_URL") or (
     f"{_PAPER_STREAM_URL}/stream" if _USING_PAPER_EXCHANGE else "")
 ALPACA_DATA_FEED = envchoice("ALPACA_DATA_FEED", "iex", ("iex", "sip", "delayed_sip", "boats", "overnight"))
+# The market-data websocket the quote stream (`manage.py runquotes`) connects to: the paper
+# exchange's when no keys are set; else alpaca-py's own (wss://stream.data.alpaca.markets/v2/<feed>).
+ALPACA_DATA_STREAM_URL = envstr("ALPACA_DATA_STREAM_URL") or (
+    f"{_PAPER_STREAM_URL}/v2/{ALPACA_DATA_FEED}" if _USING_PAPER_EXCHANGE else "")
 BROKER_TIMEOUT_SECONDS = envdecimal("BROKER_TIMEOUT_SECONDS", "10", minimum="0.1")
 BROKER_RETRY_ATTEMPTS = envint("BROKER_RETRY_ATTEMPTS", 2)
 BROKER_RETRY_WAIT_SECONDS = envint("BROKER_RETRY_WAIT_SECONDS", 1, minimum=1)
@@ -336,6 +340,14 @@ PROTECTION_DEFAULT_STOP_PERCENT = envdecimal("PROTECTION_DEFAULT_STOP_PERCENT", 
 PROTECTION_DEFAULT_TARGET_PERCENT = envdecimal("PROTECTION_DEFAULT_TARGET_PERCENT", "4", minimum="0.01")
 STREAM_PING_SECONDS = envint("STREAM_PING_SECONDS", 5, minimum=1)
 STREAM_HEALTHY_SECONDS = envint("STREAM_HEALTHY_SECONDS", 15, minimum=2)
+# The quote stream (issue 14): streamed symbols are decided on each quote; the monitor polls them
+# only every MONITOR_STREAMED_INTERVAL_SECONDS while the stream is healthy. STREAM_MAX_SYMBOLS:
+# Alpaca's free IEX plan streams 30 symbols on one connection (0 = no limit, SIP).
+STREAM_MAX_SYMBOLS = envint("STREAM_MAX_SYMBOLS", 30, minimum=0)
+STREAM_SILENCE_SECONDS = envint("STREAM_SILENCE_SECONDS", 10, minimum=1)
+STREAM_CONFIRM_QUOTES = envint("STREAM_CONFIRM_QUOTES", 1, minimum=1)
+STREAM_RERANK_SECONDS = envint("STREAM_RERANK_SECONDS", 10, minimum=1)
+MONITOR_STREAMED_INTERVAL_SECONDS = envint("MONITOR_STREAMED_INTERVAL_SECONDS", 120, minimum=1)
 FLATTEN_SEND_SECONDS = envdecimal("FLATTEN_SEND_SECONDS", "20", minimum="1")
 CHECKLIST_MAX_POSITION_AGE_HOURS = envint("CHECKLIST_MAX_POSITION_AGE_HOURS", 72, minimum=1)
 

@@ -442,12 +442,14 @@ def _await_exits(outcomes: list[CloseOutcome], owner: str) -> list[CloseOutcome]
 
 
 def claimed_close(position_ids: list[int], owner: str, *, shared: Shared | None = None,
-                  until: float | None = None) -> list[CloseOutcome]:
-    """Step positions this owner has claimed (every exit first), then await their fills together;
+                  until: float | None = None, wait: bool = True) -> list[CloseOutcome]:
+    """Step positions this owner has claimed (every exit first), then await their fills together
+    (unless not `wait`: the monitor's next cycle, or the trade_updates stream, carries on);
     `until` (time.monotonic()): send nothing after then."""
     if not position_ids:
         return []
-    return _await_exits(_steps(position_ids, owner, shared or _shared_for(position_ids, until=until)), owner)
+    outcomes = _steps(position_ids, owner, shared or _shared_for(position_ids, until=until))
+    return _await_exits(outcomes, owner) if wait else outcomes
 
 
 def position_close(*, position: Position, reason: str, by: Closer, owner: str | None = None,

@@ -12,10 +12,12 @@ from datetime import datetime
 from django.utils import timezone
 
 from .alerts import alert_send
-from .models import MONITOR, AlertKind, Heartbeat
+from .models import MONITOR, QUOTES, AlertKind, Heartbeat
 from .selectors import HeartbeatStatus, heartbeats_status
 
-CONSEQUENCE = {MONITOR: "No stop or target is checked by the fallback monitor until it runs again."}
+CONSEQUENCE = {MONITOR: "No stop or target is checked by the fallback monitor until it runs again.",
+               QUOTES: "The quote stream is silent or down: the monitor polls every symbol at its normal "
+                       "interval again until it is back."}
 
 
 def _stale_message(status: HeartbeatStatus) -> str:

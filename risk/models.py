@@ -9,6 +9,8 @@ from trading.models import PRICE, QTY, Closer, Order, Position
 MONITOR = "monitor"  # the monitor's heartbeat row and lease
 STREAM = "stream"  # the trade_updates stream's heartbeat row (started_at: connected since; finished_at: last seen
 #                    connected; cycles: events applied; consecutive_error_cycles: 1 while an outage lasts)
+QUOTES = "quotes"  # the quote stream's heartbeat row and lease (finished_at: the last quote while the market is
+#                    open, the last moment connected while it is closed; cycles: messages; stale = silent or down)
 
 
 class RiskEventKind(models.TextChoices):
@@ -105,6 +107,31 @@ class Heartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} heartbeat"
+
+
+class StreamedSymbol(models.Model):
+    """A symbol the quote stream asked the broker for (one row each, rewritten every second by
+    `manage.py runquotes`): whether the broker accepted it, and what came of it. Symbols of
+    watched positions without an accepted row are polled by the monitor at its normal interval."""
+
+    symbol = models.CharField(max_length=16, unique=True)
+    accepted = models.BooleanField(default=False, help_text="In the broker's last subscription answer.")
+    requested_at = models.DateTimeField()
+    last_quote_at = models.DateTimeField(null=True, blank=True, help_text="When the last quote arrived.")
+    bid = models.DecimalField(**PRICE, null=True, blank=True)
+    ask = models.DecimalField(**PRICE, null=True, blank=True)
+    distance_pct = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True,
+                                       help_text="How near its nearest stop or target, in % of the price.")
+    quotes = models.PositiveBigIntegerField(default=0)
+    skipped = models.PositiveBigIntegerField(default=0, help_text="Quotes not acted on (crossed, zero, stale).")
+    last_problem = models.CharField(max_length=255, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["symbol"]
+
+    def __str__(self) -> str:
+        return f"{self.symbol} ({'streamed' if self.accepted else 'requested'})"
 
 
 class Lease(models.Model):

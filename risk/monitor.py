@@ -22,22 +22,21 @@ from django.utils import timezone
 from trading import broker, budget
 from trading.broker import BrokerError, BrokerThrottled, Clock, Quote
 from trading.budget import Priority
-from trading.models import WATCHED, Closer, Position, PositionStatus, Side
+from trading.models import WATCHED, Position, PositionStatus
 
 from .alerts import alert_send, alerts_deliver_pending_in_background
 from .broker_sync import broker_sync
-from .claims import position_claim
-from .closing import claimed_close, closings_progress
+from .closing import closings_progress
+from .deciding import DecidedOn, positions_judge, skips_record, triggered_close
 from .finalize import CloseOutcome, CloseState
 from .guards import guards_step
 from .journal import event_record, log_line
 from .lease import lease_acquire, lease_release
 from .market import exits_allowed, market_clock
-from .models import MONITOR, AlertKind, Heartbeat, RiskEvent, RiskEventKind
+from .models import MONITOR, AlertKind, Heartbeat, RiskEventKind
 from .protection import protection_audit
 from .reconcile import reconcile_run
-from .rules import exit_price, quote_problem, trigger_reason
-from .selectors import stream_status
+from .selectors import stream_status, streamed_symbols
 
 log = logging.getLogger("risk.monitor")
 
@@ -74,49 +73,48 @@ def _watched() -> tuple[list[int], list[Position]]:
 
 
 def _check_positions(result: CycleResult, owner: str, positions: list[Position]) -> None:
+    positions = _due(result, positions)
     result.checked = len(positions)
     if not positions:
         return
     quotes = result.quotes = broker.latest_quotes({p.symbol for p in positions})
-    now = timezone.now()
-    max_age = timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS)
-    problems = {symbol: quote_problem(quote=quotes.get(symbol), now=now, max_age=max_age)
-                for symbol in {p.symbol for p in positions}}
-    skipped, triggered = [], []
+    judgement = positions_judge(positions=positions, quotes=quotes, now=timezone.now(),
+                                max_age=timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS))
+    skips_record(skipped=judgement.skipped, via=DecidedOn.POLL)
+    result.skipped = len(judgement.skipped)
+    claimed, outcomes = triggered_close(triggered=judgement.triggered, owner=owner, via=DecidedOn.POLL)
+    result.actions += claimed
+    result.outcomes.extend(outcomes)
     for position in positions:
-        quote = quotes.get(position.symbol)
-        price = None if problems[position.symbol] else exit_price(quote=quote, side=position.side)
-        if price is None:
-            problem = problems[position.symbol] or f"no {'bid' if position.side == Side.LONG else 'ask'} to exit at"
-            skipped.append(RiskEvent(kind=RiskEventKind.SKIPPED, position=position, symbol=position.symbol,
-                                     price=quote.price if quote else None, quote_time=quote.time if quote else None,
-                                     reason=problem, data=_quote_data(quote)))
-            continue
-        reason = trigger_reason(side=position.side, price=price, stop_loss=position.stop_loss,
-                                take_profit=position.take_profit)
-        if reason:
-            triggered.append((position, reason, quote, price))
-    if skipped:
-        RiskEvent.objects.bulk_create(skipped, batch_size=500)
-        by_reason: dict[str, int] = {}
-        for event in skipped:
-            by_reason[event.reason] = by_reason.get(event.reason, 0) + 1
-        log_line({"event": "skipped", "count": len(skipped), "reasons": by_reason})
-        result.skipped = len(skipped)
-    claimed = []
-    for position, reason, quote, price in triggered:
-        if position_claim(position_id=position.pk, reason=reason, owner=owner, by=Closer.MONITOR):
-            event_record(kind=RiskEventKind.TRIGGERED, position=position, price=price, quote_time=quote.time,
-                         reason=reason, data=_quote_data(quote) | {"price_used": price},
-                         message=f"{'bid' if position.side == Side.LONG else 'ask'} {price} (bid {quote.bid} / "
-                                 f"ask {quote.ask}) vs stop {position.stop_loss} / target {position.take_profit}")
-            claimed.append(position.pk)
-    result.actions += len(claimed)
-    result.outcomes.extend(claimed_close(claimed, owner))
+        _polled_at[position.symbol] = time.monotonic()
 
 
-def _quote_data(quote) -> dict:
-    return {} if quote is None else {"bid": quote.bid, "ask": quote.ask}
+# When this process last polled each symbol (time.monotonic()): a symbol the quote stream
+# watches is polled only every MONITOR_STREAMED_INTERVAL_SECONDS, as a backstop.
+_polled_at: dict[str, float] = {}
+
+
+def backstop_forget() -> None:
+    """Forget when symbols were last polled: every streamed symbol is polled at the next cycle
+    (as in a process just started; the tests, which share one process, start each so)."""
+    _polled_at.clear()
+
+
+def _due(result: CycleResult, positions: list[Position]) -> list[Position]:
+    """The positions to poll now: all of them while the quote stream is stale (silent, dropped,
+    or not running), else those of symbols it does not stream, and the streamed ones whose
+    backstop poll is due. A stream going silent is thus met by polling every symbol at the
+    next cycle, within one interval."""
+    streamed = streamed_symbols()
+    if not streamed:
+        return positions
+    now = time.monotonic()
+    backstop = settings.MONITOR_STREAMED_INTERVAL_SECONDS
+    due = [p for p in positions
+           if p.symbol not in streamed or now - _polled_at.get(p.symbol, float("-inf")) >= backstop]
+    if len(due) < len(positions):
+        result.messages.append(f"{len(positions) - len(due)} positions left to the quote stream")
+    return due
 
 
 def _failed(result: CycleResult, exc: Exception, what: str) -> None:

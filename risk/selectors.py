@@ -7,7 +7,9 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from .models import MONITOR, STREAM, Heartbeat
+from trading.models import Position
+
+from .models import MONITOR, QUOTES, STREAM, Heartbeat, StreamedSymbol
 
 RECENT_ERROR_CYCLES = 10  # a cycle's error is shown while it is at most this many intervals old
 
@@ -20,7 +22,8 @@ def monitor_stale_after_seconds() -> int:
 # before it is stale; a name not listed gets the monitor's. The trade_updates stream beats
 # while it is connected: stale means down (or its process dead), and the monitor syncs.
 STALE_AFTER: dict[str, Callable[[], int]] = {MONITOR: monitor_stale_after_seconds,
-                                             STREAM: lambda: settings.STREAM_HEALTHY_SECONDS}
+                                             STREAM: lambda: settings.STREAM_HEALTHY_SECONDS,
+                                             QUOTES: lambda: settings.STREAM_SILENCE_SECONDS}
 
 
 def heartbeat_stale_after_seconds(name: str) -> int:
@@ -104,3 +107,35 @@ def protection_as_of(*, monitor: HeartbeatStatus, stream: HeartbeatStatus,
     at = max((c for c in candidates if c is not None), default=None)
     age = None if at is None else max(0, int((now - at).total_seconds()))
     return ProtectionAsOf(at=at, stale_after_seconds=monitor_stale_after_seconds(), age_seconds=age)
+
+
+@dataclass(frozen=True)
+class QuoteStreamStatus:
+    """The quote stream (`manage.py runquotes`): its heartbeat (stale = silent during market
+    hours, dropped, or not running) and the symbols it asked for. While it is stale every
+    symbol is polled at the monitor's normal interval."""
+
+    heartbeat: HeartbeatStatus
+    symbols: list[StreamedSymbol]
+
+    @property
+    def streamed(self) -> set[str]:
+        """The symbols decided on each quote now (none while the stream is stale)."""
+        return set() if self.heartbeat.stale else {row.symbol for row in self.symbols if row.accepted}
+
+    def polled(self) -> list[str]:
+        """The watched positions' symbols the monitor polls at its normal interval (one query)."""
+        watched = Position.objects.watched().values_list("symbol", flat=True).distinct()
+        return sorted(set(watched) - self.streamed)
+
+
+def quote_stream_status(*, now: datetime | None = None) -> QuoteStreamStatus:
+    """Two queries."""
+    now = now or timezone.now()
+    heartbeat = _status(QUOTES, Heartbeat.objects.filter(name=QUOTES).first(), now)
+    return QuoteStreamStatus(heartbeat=heartbeat, symbols=list(StreamedSymbol.objects.all()))
+
+
+def streamed_symbols(*, now: datetime | None = None) -> set[str]:
+    """The symbols the quote stream decides on now; empty while it is stale or not running."""
+    return quote_stream_status(now=now).streamed

@@ -12,12 +12,12 @@ in order, to a worker thread that applies them to the database.
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from trading import broker
@@ -26,6 +26,8 @@ from .lease import lease_acquire, lease_release
 from .models import Heartbeat
 
 log = logging.getLogger("risk.stream")
+
+RESTART_PAUSE_SECONDS = 5.0
 
 
 @dataclass
@@ -42,12 +44,23 @@ class StreamRunner:
     (in a worker thread, with the database). `run(stop)` blocks until `stop` is set."""
 
     def __init__(self, *, name: str, holder: str, make_stream: Callable, apply: Callable[[dict], object],
-                 on_connect: Callable[[], object] | None = None, lease_seconds: int = 30):
+                 on_connect: Callable[[], object] | None = None, lease_seconds: int = 30,
+                 on_tick: Callable[[object, int | None], Awaitable | None] | None = None,
+                 beat_at: Callable[[int | None], datetime | None] | None = None,
+                 on_stop: Callable[[], object] | None = None):
+        """`on_tick(stream, connection)`: once a second in the worker thread, after the lease;
+        what it returns (a coroutine: sending on the websocket) is awaited in the stream's loop.
+        `beat_at(connection)`: the time the heartbeat beats to, None for no beat (default: now
+        while connected): a stream may be connected and still silent. `on_stop()`: once, as `run`
+        ends."""
         self.name = name
         self.holder = holder
         self.make_stream = make_stream
         self.apply = apply
         self.on_connect = on_connect
+        self.on_tick = on_tick
+        self.beat_at = beat_at
+        self.on_stop = on_stop
         self.lease_seconds = lease_seconds
         self.stats = StreamStats()
 
@@ -59,6 +72,7 @@ class StreamRunner:
             while not stop.is_set():
                 if self._lease():
                     asyncio.run(self._main(stop))
+                    stop.wait(RESTART_PAUSE_SECONDS)  # it ended on its own (409: not entitled): not in a loop
                     continue
                 if not waiting_said:
                     log.info("%s: another process holds the %s stream; waiting for it", self.holder, self.name)
@@ -69,6 +83,9 @@ class StreamRunner:
                 lease_release(name=self.lease_name, holder=self.holder)
             except DatabaseError as exc:  # it expires on its own
                 log.error("%s lease not released (%s)", self.name, type(exc).__name__)
+            if self.on_stop is not None:
+                self.on_stop()
+            connections.close_all()
 
     @property
     def lease_name(self) -> str:
@@ -94,16 +111,23 @@ class StreamRunner:
             try:
                 while not stop.is_set() and not reader.done():
                     await asyncio.sleep(1)
-                    held = await loop.run_in_executor(worker, self._tick, broker.stream_connection(stream))
+                    held, then = await loop.run_in_executor(worker, self._tick, stream,
+                                                            broker.stream_connection(stream))
                     if not held:
                         log.warning("%s: lost the %s lease; stopping the stream", self.holder, self.name)
                         break
+                    if then is not None:
+                        try:
+                            await then
+                        except Exception as exc:  # a send on a closing connection: the next tick retries
+                            await loop.run_in_executor(worker, self._failed, f"{type(exc).__name__}: {exc}")
             finally:
                 await broker.stream_stop(stream)
                 try:
                     await asyncio.wait_for(reader, timeout=10)
                 except (asyncio.TimeoutError, Exception) as exc:  # stopping: a late error is only logged
                     log.info("%s stream stopped (%s)", self.name, type(exc).__name__)
+                await loop.run_in_executor(worker, connections.close_all)  # the worker thread's, as it ends
 
     # -- in the worker thread ----------------------------------------------------------------
 
@@ -116,9 +140,9 @@ class StreamRunner:
             log.exception("%s message not applied", self.name)
             close_old_connections()
 
-    def _tick(self, connection: int | None) -> bool:
+    def _tick(self, stream, connection: int | None) -> tuple[bool, Awaitable | None]:
         """Once a second: the lease, the heartbeat; catching up after every (re)connection,
-        however brief the gap. False when the lease is lost."""
+        however brief the gap; then `on_tick`. (False, None) when the lease is lost."""
         connected = connection is not None
         reconnected = connected and connection != self.stats.connection
         if reconnected:
@@ -130,12 +154,24 @@ class StreamRunner:
         try:
             close_old_connections()
             if not lease_acquire(name=self.lease_name, holder=self.holder, seconds=self.lease_seconds):
-                return False
-            if connected:
-                self._heartbeat(since_now=reconnected)
+                return False, None
+        except DatabaseError as exc:
+            log.error("%s lease not renewed (%s): %s", self.name, type(exc).__name__, exc)
+        then = None
+        if self.on_tick is not None:
+            try:
+                then = self.on_tick(stream, connection)
+            except Exception as exc:  # a database or broker fault: the next tick tries again
+                self._failed(f"tick: {type(exc).__name__}: {exc}")
+                log.exception("%s tick failed", self.name)
+                close_old_connections()
+        try:
+            at = self.beat_at(connection) if self.beat_at is not None else (timezone.now() if connected else None)
+            if at is not None:
+                self._heartbeat(at=at, since_now=reconnected)
         except DatabaseError as exc:
             log.error("%s heartbeat not written (%s): %s", self.name, type(exc).__name__, exc)
-        return True
+        return True, then
 
     def _failed(self, error: str) -> None:
         self.stats.errors += 1
@@ -152,11 +188,11 @@ class StreamRunner:
             log.exception("%s: catching up after connecting failed", self.name)
             close_old_connections()
 
-    def _heartbeat(self, *, since_now: bool) -> None:
-        """started_at: connected since; finished_at: the last moment seen connected; cycles:
-        messages applied."""
+    def _heartbeat(self, *, at: datetime, since_now: bool) -> None:
+        """started_at: connected since; finished_at: the last moment seen connected (or what
+        `beat_at` says); cycles: messages applied."""
         now = timezone.now()
-        fields = {"finished_at": now, "cycles": self.stats.messages, "errors": self.stats.errors,
+        fields = {"finished_at": at, "cycles": self.stats.messages, "errors": self.stats.errors,
                   "last_error": self.stats.last_error, "market_open": None}
         if since_now:
             fields["started_at"] = now

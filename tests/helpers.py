@@ -1,5 +1,8 @@
 """Small helpers the test modules share."""
 
+import threading
+import time
+
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
@@ -98,3 +101,28 @@ def crash_once_the_broker_accepts_an_exit(monkeypatch) -> None:
         return real_apply(order=order, remote=remote)
 
     monkeypatch.setattr(trading_orders, "order_apply", crash_on_exit)
+
+
+def eventually(check, timeout: float = 10):
+    """`check()`'s first truthy result within `timeout` seconds (its last result otherwise)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+class StreamThread:
+    """A risk.streaming.StreamRunner running in a thread, as its command runs it; `close()` stops it."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=runner.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()

@@ -34,6 +34,7 @@ ENDPOINTS = [
     ("get", "/api/v1/trading-state", "trading.view_tradingstatechange"),
     ("post", "/api/v1/trading-state", "trading.change_trading_mode"),
     ("get", "/api/v1/monitor", "risk.view_heartbeat"),
+    ("get", "/api/v1/stream/quotes", "risk.view_heartbeat"),
     ("get", "/api/v1/positions/1/timeline", "trading.view_position"),
 ]
 ALL_PERMS = [perm for _, _, perm in ENDPOINTS]
@@ -110,7 +111,7 @@ def test_schema_is_served_to_authenticated_users(api):
     schema = response.json()
     paths = schema["paths"]
     for url in ["/api/v1/orders/test", "/api/v1/orders/{id}", "/api/v1/positions", "/api/v1/positions/flatten",
-                "/api/v1/trading-state", "/api/v1/monitor"]:
+                "/api/v1/trading-state", "/api/v1/monitor", "/api/v1/stream/quotes"]:
         assert url in paths, url
     test_order = paths["/api/v1/orders/test"]["post"]
     assert {"201", "400", "401", "403", "502"} <= set(test_order["responses"])

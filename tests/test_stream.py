@@ -1,7 +1,6 @@
 """The broker's truth within a second: alpaca-py's TradingStream on the paper exchange's
 trade_updates websocket, applied by the stream runner (as `manage.py runstream` runs it)."""
 
-import threading
 import time
 from decimal import Decimal
 
@@ -14,38 +13,18 @@ from risk.models import STREAM, Alert, AlertKind, Lease
 from risk.monitor import monitor_cycle
 from risk.selectors import stream_status
 from risk.streaming import StreamRunner
-from tests.helpers import bracket, leg
+from tests.helpers import StreamThread, bracket, eventually, leg
 from trading import broker
 from trading.models import BrokerEvent, CloseReason, OrderClass, OrderRole, OrderStatus, Position, PositionStatus, Protection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-WAIT = 10  # seconds: generous; the stream applies events well within a second
-
-
-def eventually(check, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
-
-
-class Running:
+class Running(StreamThread):
     def __init__(self, holder: str):
-        self.stop = threading.Event()
-        self.runner = StreamRunner(
+        super().__init__(StreamRunner(
             name=STREAM, holder=holder, lease_seconds=6,
             make_stream=lambda handler: broker.trade_updates_stream(handler, ping_seconds=1),
-            apply=lambda message: trade_update_apply(message=message), on_connect=lambda: broker_sync(by=STREAM))
-        self.thread = threading.Thread(target=self.runner.run, args=(self.stop,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=20)
-        assert not self.thread.is_alive()
+            apply=lambda message: trade_update_apply(message=message), on_connect=lambda: broker_sync(by=STREAM)))
 
 
 def _connected() -> bool:

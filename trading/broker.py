@@ -15,6 +15,7 @@ It makes up for what alpaca-py 0.44 leaves out:
 - a 0 bid or ask means "no bid/ask"; long symbol lists are split into batches.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -24,10 +25,12 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
 
+import msgpack
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.data.enums import DataFeed
 from alpaca.data.historical import StockHistoricalDataClient
+from alpaca.data.live import StockDataStream
 from alpaca.data.requests import StockLatestQuoteRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.stream import TradingStream
@@ -796,3 +799,116 @@ def stream_connection(stream) -> int | None:
     ws = getattr(stream, "_ws", None)
     connected = getattr(stream, "_running", False) and ws is not None and not getattr(ws, "closed", True)
     return id(ws) if connected else None
+
+
+# --- The quote stream (market data) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamNotice:
+    """A control message of the market-data stream, which alpaca-py 0.44's `_dispatch` only
+    logs: a subscription answer (`accepted`: the quote symbols the broker now streams) or an
+    error (`code`: 405 symbol limit, 406 connection limit, 409 insufficient subscription...)."""
+
+    kind: str  # "subscription" or "error"
+    accepted: tuple[str, ...] = ()
+    code: int | None = None
+    message: str = ""
+
+
+def parse_stream_notice(message) -> StreamNotice | None:
+    """A subscription or error message as a StreamNotice; None for anything else (a quote)."""
+    if not isinstance(message, dict) or message.get("T") not in ("subscription", "error"):
+        return None
+    if message["T"] == "subscription":
+        quotes = message.get("quotes") if isinstance(message.get("quotes"), list) else []
+        return StreamNotice(kind="subscription", accepted=tuple(s for s in quotes if isinstance(s, str)))
+    code = message.get("code")
+    return StreamNotice(kind="error", code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+                        message=scrub(str(message.get("msg", "")))[:200])
+
+
+def parse_stream_quote(message) -> Quote:
+    """A streamed quote ({"T": "q", "S", "bp", "ap", "t"}) as a Quote, read as the REST quotes
+    are (a 0 bid or ask is none). alpaca-py's raw messages keep `t` as a msgpack Timestamp."""
+    if not isinstance(message, dict) or message.get("T") != "q" or not isinstance(message.get("S"), str):
+        raise BrokerDataError("not a quote message")
+    stamp = message.get("t")
+    if hasattr(stamp, "to_datetime"):  # msgpack.Timestamp
+        stamp = stamp.to_datetime().isoformat()
+    elif isinstance(stamp, datetime):
+        stamp = stamp.isoformat()
+    return _parse_quote(message["S"], {**message, "t": stamp})
+
+
+class _QuoteStream(StockDataStream):
+    """alpaca-py's StockDataStream, with what 0.44 makes hard designed around:
+    - control messages (subscription answers, errors) reach `handler` instead of only the log;
+    - an auth refusal (406 connection limit, 409 insufficient subscription) reaches it too;
+    - `_run_forever` spins a core until something is subscribed: it is only entered once
+      there is a symbol (waiting with a real sleep meanwhile);
+    - `subscribe_quotes` from the stream's own loop blocks forever (it waits on a future of
+      that same loop): `quotes_change` sends the message itself, from the loop."""
+
+    def __init__(self, handler: Callable[[dict], Awaitable[None]], **kwargs):
+        super().__init__(**kwargs)
+        self._catalyst_handler = handler
+
+    async def _dispatch(self, msg: dict) -> None:
+        if isinstance(msg, dict) and msg.get("T") in ("subscription", "error"):
+            await self._catalyst_handler(msg)
+            return
+        await super()._dispatch(msg)
+
+    async def _auth(self) -> None:
+        try:
+            await super()._auth()
+        except ValueError as exc:  # alpaca-py turns the error message into this; it reconnects (or stops on 409)
+            text = str(exc)
+            code = next((c for c, words in ((406, "connection limit"), (409, "insufficient subscription"),
+                                            (402, "auth failed")) if words in text), None)
+            await self._catalyst_handler({"T": "error", "code": code, "msg": text})
+            raise
+
+    async def _run_forever(self) -> None:
+        while not self._handlers["quotes"]:
+            if not self._stop_stream_queue.empty():
+                self._stop_stream_queue.get_nowait()
+                return
+            await asyncio.sleep(0.1)
+        await super()._run_forever()
+
+
+def quote_stream(handler: Callable[[dict], Awaitable[None]], *, ping_seconds: float) -> StockDataStream:
+    """alpaca-py's StockDataStream for quotes at ALPACA_DATA_STREAM_URL (or Alpaca's, for the
+    ALPACA_DATA_FEED), handing `handler` each raw quote and control message (parse them with
+    `parse_stream_quote` / `parse_stream_notice`). Nothing is subscribed: `quotes_change`."""
+    key, secret = _credentials()
+    feed = DataFeed.SIP if settings.ALPACA_DATA_FEED == "sip" else DataFeed.IEX
+    return _QuoteStream(handler, api_key=key, secret_key=secret, raw_data=True, feed=feed,
+                        url_override=settings.ALPACA_DATA_STREAM_URL or None,
+                        websocket_params={"ping_interval": ping_seconds, "ping_timeout": ping_seconds,
+                                          "max_queue": 4096, "open_timeout": ping_seconds})
+
+
+async def quotes_change(stream: StockDataStream, *, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
+    """Subscribe to / unsubscribe from quotes; call it in the stream's event loop. The symbols
+    are recorded first (alpaca-py resubscribes all of them after a reconnection), then the
+    messages are sent when connected. The broker's answer arrives as a notice."""
+    add, remove = sorted(set(add)), sorted(set(remove))
+    handlers = stream._handlers["quotes"]
+    for symbol in add:
+        handlers[symbol] = stream._catalyst_handler
+    for symbol in remove:
+        handlers.pop(symbol, None)
+    ws = stream._ws
+    if not stream._running or ws is None:
+        return
+    for action, symbols in (("unsubscribe", remove), ("subscribe", add)):
+        if symbols:
+            await ws.send(msgpack.packb({"action": action, "quotes": symbols}))
+
+
+def quote_stream_symbols(stream: StockDataStream) -> set[str]:
+    """The symbols the stream asks for (and asks for again after each reconnection)."""
+    return set(stream._handlers["quotes"])

@@ -16,7 +16,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from risk.daily import guard_status
-from risk.selectors import monitor_status, protection_as_of, stream_status
+from risk.selectors import monitor_status, protection_as_of, quote_stream_status, stream_status
 from trading.selectors import protection_summary, trading_state
 
 TOKENS_SESSION_KEY = "catalyst_confirm_tokens"
@@ -99,6 +99,7 @@ def console_status() -> dict:
         "protection_as_of": protection_as_of(monitor=monitor, stream=stream),
         "monitor": monitor,
         "stream": stream,
+        "quotes": quote_stream_status(),
         "guards": guard_status(),
     }
 

@@ -347,6 +347,50 @@ class MonitorSerializer(serializers.Serializer):
     stream = StreamSerializer()
 
 
+class StreamedSymbolSerializer(serializers.Serializer):
+    symbol = serializers.CharField()
+    streamed = serializers.BooleanField(help_text="Decided on each quote now: the broker accepted it and the stream "
+                                                  "is healthy.")
+    accepted = serializers.BooleanField(help_text="In the broker's last subscription answer.")
+    last_quote_at = serializers.DateTimeField(allow_null=True)
+    bid = serializers.DecimalField(max_digits=18, decimal_places=4, allow_null=True)
+    ask = serializers.DecimalField(max_digits=18, decimal_places=4, allow_null=True)
+    distance_pct = serializers.DecimalField(max_digits=12, decimal_places=4, allow_null=True,
+                                            help_text="How near its nearest stop or target, in % of the price.")
+    quotes = serializers.IntegerField()
+    skipped = serializers.IntegerField(help_text="Quotes not acted on (crossed, zero, stale).")
+    last_problem = serializers.CharField(allow_blank=True)
+
+
+class QuoteStreamSerializer(serializers.Serializer):
+    healthy = serializers.BooleanField(help_text="Quotes arrived within STREAM_SILENCE_SECONDS (while the market is "
+                                                 "open). Otherwise the monitor polls every symbol at its interval.")
+    last_beat = serializers.DateTimeField(allow_null=True, help_text="The last quote (market open) or moment "
+                                                                      "connected (market closed).")
+    age_seconds = serializers.IntegerField(allow_null=True)
+    stale_after_seconds = serializers.IntegerField()
+    messages = serializers.IntegerField()
+    last_error = serializers.CharField(allow_blank=True)
+    symbols = StreamedSymbolSerializer(many=True)
+    polled = serializers.ListField(child=serializers.CharField(),
+                                   help_text="Watched symbols not streamed: polled at MONITOR_INTERVAL_SECONDS.")
+
+
+def quote_stream_payload(status) -> dict:
+    heartbeat, streamed = status.heartbeat, status.streamed
+    row = heartbeat.heartbeat
+    return {
+        "healthy": not heartbeat.stale, "last_beat": heartbeat.finished_at, "age_seconds": heartbeat.age_seconds,
+        "stale_after_seconds": heartbeat.stale_after_seconds, "messages": row.cycles if row else 0,
+        "last_error": row.last_error if row else "",
+        "symbols": [{"symbol": s.symbol, "streamed": s.symbol in streamed, "accepted": s.accepted,
+                     "last_quote_at": s.last_quote_at, "bid": s.bid, "ask": s.ask, "distance_pct": s.distance_pct,
+                     "quotes": s.quotes, "skipped": s.skipped, "last_problem": s.last_problem}
+                    for s in status.symbols],
+        "polled": status.polled(),
+    }
+
+
 def monitor_payload(status, stream, as_of) -> dict:
     heartbeat = status.heartbeat
     return {

@@ -15,4 +15,5 @@ urlpatterns = [
     path("positions/<str:pk>/reduce", gate_views.PositionReduceView.as_view(), name="position-reduce"),
     path("trading-state", views.TradingStateView.as_view(), name="trading-state"),
     path("monitor", views.MonitorView.as_view(), name="monitor"),
+    path("stream/quotes", views.QuoteStreamView.as_view(), name="stream-quotes"),
 ]

@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from risk.checklist import checklist_run
 from risk.entries import BracketNotProtected, TradingHalted, submit_bracket_order
 from risk.flatten import flatten, outcome_summary
-from risk.selectors import monitor_status, protection_as_of, stream_status
+from risk.selectors import monitor_status, protection_as_of, quote_stream_status, stream_status
 from risk.timeline import position_timeline
 from risk.trading_state import ChecklistNotPassed, trading_mode_change
 from trading.broker import BrokerError
@@ -47,11 +47,13 @@ from .serializers import (
     PositionFilterSerializer,
     PositionSerializer,
     PositionTimelineSerializer,
+    QuoteStreamSerializer,
     TestOrderRequestSerializer,
     TestOrderResponseSerializer,
     TradingStateRequestSerializer,
     TradingStateSerializer,
     monitor_payload,
+    quote_stream_payload,
 )
 
 log = logging.getLogger(__name__)
@@ -338,6 +340,20 @@ class MonitorView(ConsoleAPIView):
         monitor, stream = monitor_status(), stream_status()
         as_of = protection_as_of(monitor=monitor, stream=stream)
         return Response(MonitorSerializer(monitor_payload(monitor, stream, as_of)).data)
+
+
+class QuoteStreamView(ConsoleAPIView):
+    required_perms = {"GET": perms.VIEW_MONITOR}
+
+    @extend_schema(
+        operation_id="quote_stream_retrieve",
+        responses={200: QuoteStreamSerializer, 401: UNAUTHENTICATED, 403: FORBIDDEN, 429: THROTTLED},
+        description=f"The quote stream's health (`manage.py runquotes`), per symbol: which symbols are decided on "
+                    f"each quote, which are polled, what the broker accepted or refused. Needs "
+                    f"`{perms.VIEW_MONITOR}`.",
+    )
+    def get(self, request):
+        return Response(QuoteStreamSerializer(quote_stream_payload(quote_stream_status())).data)
 
 
 class NotFoundView(APIView):

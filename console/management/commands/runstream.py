@@ -2,12 +2,6 @@
 orders and positions as they happen. One per account: a second process waits for the first.
 Stops cleanly on SIGINT/SIGTERM."""
 
-import os
-import signal
-import socket
-import threading
-import uuid
-
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -17,21 +11,17 @@ from risk.models import STREAM
 from risk.streaming import StreamRunner
 from trading.broker import describe, trade_updates_stream
 
+from ...stream_process import stream_process_run
+
 
 class Command(BaseCommand):
     help = "Apply the broker's order events (trade_updates) to orders and positions within a second."
 
     def handle(self, *args, **options):
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: stop.set())
-        holder = f"runstream:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.stdout.write(f"trade_updates stream {holder} on {describe()}")
-        runner = StreamRunner(
+        self.stdout.write(f"trade_updates stream on {describe()}")
+        stream_process_run(command="runstream", say=self.stdout.write, make_runner=lambda holder: StreamRunner(
             name=STREAM, holder=holder,
             make_stream=lambda handler: trade_updates_stream(handler, ping_seconds=settings.STREAM_PING_SECONDS),
             apply=lambda message: trade_update_apply(message=message),
             on_connect=lambda: broker_sync(by=STREAM),
-        )
-        runner.run(stop)
-        self.stdout.write("stream stopped")
+        ))
