@@ -126,7 +126,7 @@ class StreamRunner:
                 try:
                     await asyncio.wait_for(reader, timeout=10)
                 except (asyncio.TimeoutError, Exception) as exc:  # stopping: a late error is only logged
-                    log.info("%s stream stopped (%s)", self.name, type(exc).__name__)
+                    log.info("%s: stopped (%s)", self.name, type(exc).__name__)
                 await loop.run_in_executor(worker, connections.close_all)  # the worker thread's, as it ends
 
     # -- in the worker thread ----------------------------------------------------------------
@@ -146,10 +146,10 @@ class StreamRunner:
         connected = connection is not None
         reconnected = connected and connection != self.stats.connection
         if reconnected:
-            log.info("%s stream connected", self.name)
+            log.info("%s: connected", self.name)
             self._caught_up()
         elif not connected and self.stats.connection is not None:
-            log.warning("%s stream disconnected; alpaca-py reconnects", self.name)
+            log.warning("%s: disconnected; alpaca-py reconnects", self.name)
         self.stats.connection = connection
         try:
             close_old_connections()
