@@ -19,6 +19,6 @@ def stream_process_run(*, command: str, make_runner: Callable[[str], StreamRunne
         signal.signal(sig, lambda signum, frame: stop.set())
     holder = f"{command}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     runner = make_runner(holder)
-    say(f"{runner.name} stream {holder}")
+    say(f"{runner.name}: running as {holder}")
     runner.run(stop)
-    say(f"{runner.name} stream stopped")
+    say(f"{runner.name}: stopped")
