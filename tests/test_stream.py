@@ -145,3 +145,23 @@ def test_an_event_name_we_do_not_know_is_recorded_not_fatal(exchange, active):
     assert applied.event == "frobnicated" and not applied.duplicate
     assert BrokerEvent.objects.get(key="x-1").event == "frobnicated"
     assert trade_update_apply(message={"stream": "trade_updates", "data": {"nothing": 1}}).event == "unreadable"
+
+
+def test_a_connection_counts_only_once_the_broker_confirms_the_listen(settings):
+    """alpaca-py marks a connection running once it has sent the listen; events the broker sends
+    before reading it are lost. Connected (and caught up on) only after the broker's "listening"."""
+    import asyncio
+    from types import SimpleNamespace
+
+    async def handler(message):
+        return None
+
+    stream = broker.trade_updates_stream(handler, ping_seconds=1)
+    stream._ws, stream._running = SimpleNamespace(closed=False), True  # authenticated, the listen sent
+    assert broker.stream_connection(stream) is None
+    asyncio.run(stream._dispatch({"stream": "listening", "data": {"streams": []}}))
+    assert broker.stream_connection(stream) is None
+    asyncio.run(stream._dispatch({"stream": "listening", "data": {"streams": ["trade_updates"]}}))
+    assert broker.stream_connection(stream) == id(stream._ws)
+    stream._ws = SimpleNamespace(closed=False)  # reconnected: not until confirmed again
+    assert broker.stream_connection(stream) is None

@@ -770,12 +770,26 @@ def parse_trade_update(message) -> TradeUpdate:
     )
 
 
+class _TradeUpdatesStream(TradingStream):
+    """alpaca-py's TradingStream, noting which connection the broker confirmed listening on:
+    alpaca-py counts a connection as running once it has *sent* the listen, and events the
+    broker sends before it has read it are never sent again. Only a confirmed connection
+    counts as connected (and is caught up on), so nothing falls in between."""
+
+    listening_on = None  # the websocket whose listen the broker confirmed
+
+    async def _dispatch(self, msg: dict) -> None:
+        if msg.get("stream") == "listening" and "trade_updates" in ((msg.get("data") or {}).get("streams") or []):
+            self.listening_on = self._ws
+        await super()._dispatch(msg)
+
+
 def trade_updates_stream(handler: Callable[[dict], Awaitable[None]], *, ping_seconds: float) -> TradingStream:
     """alpaca-py's TradingStream on trade_updates, handing each raw message to `handler` (a
     coroutine function). Websocket pings every `ping_seconds`: a connection that stops
     answering them (a silent broker) is closed and reconnected with alpaca-py's backoff."""
     key, secret = _credentials()
-    stream = TradingStream(key, secret, paper=settings.ALPACA_PAPER, raw_data=True,
+    stream = _TradeUpdatesStream(key, secret, paper=settings.ALPACA_PAPER, raw_data=True,
                            url_override=settings.ALPACA_TRADING_STREAM_URL or None,
                            websocket_params={"ping_interval": ping_seconds, "ping_timeout": ping_seconds,
                                              "max_queue": 1024, "open_timeout": ping_seconds})
@@ -794,10 +808,13 @@ async def stream_stop(stream) -> None:
 
 
 def stream_connection(stream) -> int | None:
-    """An id of the stream's open, authenticated connection, None while it has none. A new id
-    means it reconnected (and may have missed events meanwhile)."""
+    """An id of the stream's open, authenticated connection (for trade_updates: once the broker
+    confirmed the listen), None while it has none. A new id means it reconnected (and may have
+    missed events meanwhile)."""
     ws = getattr(stream, "_ws", None)
     connected = getattr(stream, "_running", False) and ws is not None and not getattr(ws, "closed", True)
+    if isinstance(stream, _TradeUpdatesStream):
+        connected = connected and stream.listening_on is ws
     return id(ws) if connected else None
 
 
