@@ -372,9 +372,12 @@ def targets(results: dict) -> str:
         for n, s in sizes.items():
             batches = ceil(s["seed"]["symbols"] / 200)
             got = s["idle"]["requests"]
-            req_ok &= got == 1 + batches
-            req_txt.append(f"{int(n):,}: {got} (expected 1 + {batches})")
-        lines.append(f"- Broker requests per idle cycle = 1 clock + 1 per quote batch: **{'MET' if req_ok else 'MISSED'}** "
+            req_ok &= got == 2 + batches
+            req_txt.append(f"{int(n):,}: {got} (expected 2 + {batches})")
+        # No trade_updates stream runs beside these cycles: the monitor's quick broker sync reads the
+        # live orders each cycle (one page here), as it does in production whenever the stream is down.
+        lines.append(f"- Broker requests per idle cycle = 1 clock + 1 live-orders page (the quick sync: no stream runs "
+                     f"here) + 1 per quote batch: **{'MET' if req_ok else 'MISSED'}** "
                      f"({', '.join(req_txt)})")
         lines += _budget_targets(sizes)
         biggest = max(sizes, key=int)

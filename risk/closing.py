@@ -442,13 +442,18 @@ def _await_exits(outcomes: list[CloseOutcome], owner: str) -> list[CloseOutcome]
 
 
 def claimed_close(position_ids: list[int], owner: str, *, shared: Shared | None = None,
-                  until: float | None = None, wait: bool = True) -> list[CloseOutcome]:
+                  until: float | None = None, wait: bool = True,
+                  market_open: bool | None = None) -> list[CloseOutcome]:
     """Step positions this owner has claimed (every exit first), then await their fills together
     (unless not `wait`: the monitor's next cycle, or the trade_updates stream, carries on);
-    `until` (time.monotonic()): send nothing after then."""
+    `until` (time.monotonic()): send nothing after then; `market_open`: what the broker's clock
+    said when the caller decided (not read again: a request less before the exit)."""
     if not position_ids:
         return []
-    outcomes = _steps(position_ids, owner, shared or _shared_for(position_ids, until=until))
+    shared = shared or _shared_for(position_ids, until=until)
+    if market_open is not None and not shared.market:
+        shared.market.append(market_open)
+    outcomes = _steps(position_ids, owner, shared)
     return _await_exits(outcomes, owner) if wait else outcomes
 
 

@@ -81,13 +81,13 @@ def skips_record(*, skipped: list[RiskEvent], via: DecidedOn) -> None:
     log_line({"event": "skipped", "count": len(skipped), "reasons": by_reason, "via": via})
 
 
-def triggered_close(*, triggered: list[Trigger], owner: str, via: DecidedOn,
-                    wait: bool = True) -> tuple[int, list[CloseOutcome]]:
+def triggered_close(*, triggered: list[Trigger], owner: str, via: DecidedOn, wait: bool = True,
+                    market_open: bool | None = None) -> tuple[int, list[CloseOutcome]]:
     """Claim the triggered positions (compare-and-set, one statement per symbol and close reason:
     a position another decider claimed first is left to it; deciders racing over many symbols
     share them out symbol by symbol), record why, and close the claimed ones; (claimed,
     outcomes). `wait`: await the exits' fills briefly (the monitor does; the stream must not
-    hold up the next quote)."""
+    hold up the next quote); `market_open`: what the broker's clock said when deciding."""
     groups: dict[tuple[str, str], list[Trigger]] = {}
     for trigger in triggered:
         groups.setdefault((trigger.position.symbol, trigger.reason), []).append(trigger)
@@ -107,4 +107,4 @@ def triggered_close(*, triggered: list[Trigger], owner: str, via: DecidedOn,
                         f"vs stop {position.stop_loss} / target {position.take_profit} ({via})"))
     if events:
         events_record(events=events)
-    return len(claimed), claimed_close(claimed, owner, wait=wait)
+    return len(claimed), claimed_close(claimed, owner, wait=wait, market_open=market_open)

@@ -82,7 +82,8 @@ def _check_positions(result: CycleResult, owner: str, positions: list[Position])
                                 max_age=timedelta(seconds=settings.MONITOR_QUOTE_MAX_AGE_SECONDS))
     skips_record(skipped=judgement.skipped, via=DecidedOn.POLL)
     result.skipped = len(judgement.skipped)
-    claimed, outcomes = triggered_close(triggered=judgement.triggered, owner=owner, via=DecidedOn.POLL)
+    claimed, outcomes = triggered_close(triggered=judgement.triggered, owner=owner, via=DecidedOn.POLL,
+                                        market_open=True)  # checked only once this cycle's clock said open
     result.actions += claimed
     result.outcomes.extend(outcomes)
     for position in positions:

@@ -163,7 +163,8 @@ class QuoteWatch:
         for pk in decided:
             self.streaks.pop(pk, None)
         try:
-            claimed, _ = triggered_close(triggered=confirmed, owner=self.owner, via=DecidedOn.STREAM, wait=False)
+            claimed, _ = triggered_close(triggered=confirmed, owner=self.owner, via=DecidedOn.STREAM, wait=False,
+                                         market_open=True)  # _market_open() said so, from a clock still valid
         finally:
             self.book_version = ()  # read the book again at the next tick, whatever came of it
         return claimed
