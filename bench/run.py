@@ -372,13 +372,15 @@ def targets(results: dict) -> str:
         for n, s in sizes.items():
             batches = ceil(s["seed"]["symbols"] / 200)
             got = s["idle"]["requests"]
-            req_ok &= got == 2 + batches
-            req_txt.append(f"{int(n):,}: {got} (expected 2 + {batches})")
+            req_ok &= 1 + batches <= got <= 2 + batches
+            req_txt.append(f"{int(n):,}: {got} (expected 1 + {batches}, + 1 when the clock is due)")
         # No trade_updates stream runs beside these cycles: the monitor's quick broker sync reads the
         # live orders each cycle (one page here), as it does in production whenever the stream is down.
-        lines.append(f"- Broker requests per idle cycle = 1 clock + 1 live-orders page (the quick sync: no stream runs "
-                     f"here) + 1 per quote batch: **{'MET' if req_ok else 'MISSED'}** "
-                     f"({', '.join(req_txt)})")
+        # The clock is kept until its next turn, at most 5 minutes (risk.market): an idle cycle
+        # mostly reads none.
+        lines.append(f"- Broker requests per idle cycle = at most 1 clock (kept until its next turn, at most 5 min) "
+                     f"+ 1 live-orders page (the quick sync: no stream runs here) + 1 per quote batch: "
+                     f"**{'MET' if req_ok else 'MISSED'}** ({', '.join(req_txt)})")
         lines += _budget_targets(sizes)
         biggest = max(sizes, key=int)
         idle = sizes[biggest]["idle"]

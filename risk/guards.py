@@ -32,6 +32,7 @@ from .daily import held_positions, realised_pnl_since, session_open, unrealised_
 from .end_of_day import eod_candidates, end_of_day_flatten
 from .flatten import flatten
 from .journal import event_record
+from .market import broker_clock
 from .models import AlertKind, RiskEvent, RiskEventKind, TradingDay
 from .protection import reduced_protect
 from .trading_state import trading_state_set
@@ -130,7 +131,7 @@ def guards_step(*, clock: Clock | None, clock_failed: bool, quotes: dict[str, Qu
     if clock is None:
         if clock_failed or not (settings.DAILY_LOSS_LIMIT or eod_candidates().exists()):
             return []
-        clock = broker.clock()
+        clock = broker_clock()
     closes = end_of_day_flatten(clock=clock, owner=owner)
     if clock.is_open or not settings.MONITOR_MARKET_HOURS_ONLY:
         closes += daily_loss_check(quotes=quotes, now=clock.timestamp)

@@ -49,8 +49,7 @@ log = logging.getLogger("risk.quotes")
 
 HYSTERESIS = Decimal("0.2")  # a symbol replaces a streamed one only when 20 % nearer its level than it
 SKIP_RECORD_SECONDS = 5.0  # one skipped-quote record per symbol and problem in this long (all are counted)
-CLOCK_RETRY_SECONDS = 15.0
-CLOCK_MAX_SECONDS = 300.0
+CLOCK_RETRY_SECONDS = 15.0  # the clock unreadable: asked again after this long, meanwhile counted closed
 BOOK_RELOAD_SECONDS = 30.0
 ERROR_RECORD_SECONDS = 60.0
 
@@ -107,7 +106,7 @@ class QuoteWatch:
         self.error_recorded: tuple[str, float] = ("", -math.inf)  # (error, time.monotonic())
         self.clock: Clock | None = None
         self.clock_failed = False
-        self.clock_due = -math.inf  # time.monotonic()
+        self.clock_retry = -math.inf  # time.monotonic(): when to ask an unreadable clock again
 
     # -- each message --------------------------------------------------------------------
 
@@ -164,7 +163,7 @@ class QuoteWatch:
             self.streaks.pop(pk, None)
         try:
             claimed, _ = triggered_close(triggered=confirmed, owner=self.owner, via=DecidedOn.STREAM, wait=False,
-                                         market_open=True)  # _market_open() said so, from a clock still valid
+                                         market_open=True)  # _market_open() said so
         finally:
             self.book_version = ()  # read the book again at the next tick, whatever came of it
         return claimed
@@ -335,30 +334,21 @@ class QuoteWatch:
         state.distance = {s: distance_pct(price=prices.get(s), positions=positions) for s, positions in self.book.items()}
 
     def _market_open(self) -> bool:
-        """Whether exits may go out: the broker's clock, read again when it says the market opens
-        or closes (at least every CLOCK_MAX_SECONDS); unknown (unreadable) counts as closed here,
-        and the stream goes stale so the monitor decides meanwhile."""
+        """Whether exits may go out: the broker's clock (`market_clock`, read again at its turns);
+        unknown (unreadable) counts as closed here, asked again after CLOCK_RETRY_SECONDS, and
+        the stream goes stale so the monitor decides meanwhile."""
         now = time.monotonic()
-        if now >= self.clock_due:
-            try:
-                self.clock = market_clock()
-                self.clock_failed = False
-                self.clock_due = now + self._clock_valid_for()
-            except BrokerError as exc:
-                log.warning("quote stream: clock unreadable (%s)", exc)
-                self.clock_failed = True
-                self.clock_due = now + CLOCK_RETRY_SECONDS
-        if self.clock_failed:
+        if self.clock_failed and now < self.clock_retry:
+            return False
+        try:
+            self.clock = market_clock()
+            self.clock_failed = False
+        except BrokerError as exc:
+            log.warning("quote stream: clock unreadable (%s)", exc)
+            self.clock_failed = True
+            self.clock_retry = now + CLOCK_RETRY_SECONDS
             return False
         return self.clock is None or self.clock.is_open
-
-    def _clock_valid_for(self) -> float:
-        if self.clock is None:
-            return CLOCK_MAX_SECONDS
-        turn = self.clock.next_close if self.clock.is_open else self.clock.next_open
-        if turn is None:
-            return CLOCK_RETRY_SECONDS
-        return max(1.0, min(CLOCK_MAX_SECONDS, (turn - timezone.now()).total_seconds()))
 
     def beat_at(self, connection: int | None) -> datetime | None:
         """The heartbeat's time: now while there is nothing to stream or the market is closed;

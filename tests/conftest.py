@@ -13,6 +13,14 @@ def _fresh_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_clock():
+    """The broker's clock is kept until its next turn: each test reads its exchange's afresh."""
+    from risk.market import clock_forget
+
+    clock_forget()
+
+
 @pytest.fixture
 def active(db):
     """Trading resumed: new entries allowed."""

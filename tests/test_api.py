@@ -198,14 +198,23 @@ def test_test_order_with_legs_dropped_is_a_502_with_the_recorded_failure(exchang
         assert Position.objects.get(pk=body["position_id"]).protection == Protection.UNPROTECTED
 
 
-def test_test_order_refused_by_the_broker_is_a_502_without_secrets(exchange, api):
+def test_test_order_refused_by_the_broker_is_a_422_without_secrets(exchange, api):
     exchange.control.add_fault("reject", method="POST", path="/v2/orders", count=1)
     response = api.post("/api/v1/orders/test", GOOD_ORDER, format="json")
-    assert response.status_code == 502
-    detail = response.json()["detail"]
-    assert detail.startswith("broker error:") and "rejected" in detail
-    assert exchange.api_key not in detail and exchange.secret_key not in detail
+    assert response.status_code == 422
+    body = response.json()
+    assert body["detail"].startswith("the broker refused the order:") and "rejected" in body["detail"]
+    assert body["broker_status"] == 403
+    assert exchange.api_key not in body["detail"] and exchange.secret_key not in body["detail"]
     assert Order.objects.get().status == "submit_failed"
+
+
+def test_test_order_the_broker_failing_is_a_502(exchange, api):
+    exchange.control.add_fault("http_500", method="POST", path="/v2/orders")
+    response = api.post("/api/v1/orders/test", GOOD_ORDER, format="json")
+    assert response.status_code == 502
+    assert response.json()["detail"].startswith("broker error:")
+    assert Position.objects.count() == 0
 
 
 # --- GET /api/v1/positions, /api/v1/orders/{id} -------------------------------------------------------

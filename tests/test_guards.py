@@ -13,6 +13,7 @@ from django.utils import timezone
 from risk.checklist import checklist_run
 from risk.daily import session_open, stop_loss_cooldown_until
 from risk.entries import submit_bracket_order
+from risk.market import clock_forget
 from risk.models import Alert, RiskEvent, TradingDay
 from risk.monitor import monitor_cycle
 from tests.helpers import open_bracket
@@ -125,6 +126,7 @@ def test_kill_switch_waits_for_the_market(exchange, kill_switch):
     open_bracket(quantity=10)
     exchange.control.set_quote("AAPL", "141.00", "141.02")
     exchange.control.set_clock(False)
+    clock_forget()  # moved by hand: not at a turn the last read announced
     monitor_cycle(owner="test")
     assert trading_state().mode == TradingMode.ACTIVE and not TradingDay.objects.exists()
 
@@ -258,6 +260,7 @@ def test_end_of_day_flatten_off_or_market_closed(exchange, active, settings):
     assert Position.objects.get(pk=position.pk).status == PositionStatus.OPEN
     settings.EOD_FLATTEN = "intraday"
     exchange.control.set_clock(False)
+    clock_forget()  # moved by hand: not at a turn the last read announced
     monitor_cycle(owner="test")
     assert Position.objects.get(pk=position.pk).status == PositionStatus.OPEN
 

@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from risk.checklist import checklist_run
 from risk.entries import submit_bracket_order
+from risk.market import clock_forget
 from risk.models import Alert, AlertKind, RiskEvent, RiskEventKind
 from risk.monitor import monitor_cycle
 from risk.trading_state import trading_state_set
@@ -120,7 +121,7 @@ def test_a_broker_echoing_the_request_leaks_no_key_anywhere(echoing_broker, capl
         for _ in range(3):  # each answer shape
             response = api.post("/api/v1/orders/test", body, format="json")
             figures.add("faults injected")
-            assert response.status_code == 502, response.content
+            assert response.status_code in (422, 502), response.content  # refused, or the keys refused
             seen.append(response.content.decode())
     failed = Order.objects.exclude(error="")
     assert failed.exists()
@@ -246,6 +247,7 @@ def test_a_clock_outage_never_stops_closings_under_way(crossed, exchange, figure
     Position.objects.create(symbol="MSFT", side="long", quantity=1, entry_price=400, stop_loss=390, take_profit=410,
                             opened_at=timezone.now())  # a position to check: the cycle asks the clock
     exchange.control.add_fault("http_500", method="GET", path="/v2/clock")
+    clock_forget()  # the clock read before is due again
     figures.add("faults injected")
     result = monitor_cycle()
     assert result.errors == 1  # the clock, recorded

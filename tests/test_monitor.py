@@ -1,5 +1,6 @@
 """The fallback monitor against the paper exchange over HTTP."""
 
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -11,8 +12,11 @@ from django.utils import timezone
 from risk import closing
 from risk.models import EXIT_ALERT_KINDS, Alert, AlertKind, Heartbeat, RiskEvent
 from risk.closing import position_close
+from risk import market
+from risk.market import clock_forget
 from risk.monitor import monitor_cycle
 from risk.rules import trigger_reason
+from trading.broker import BrokerError, Clock
 from trading.models import CloseReason, Closer, OrderRole, OrderStatus, Position, PositionStatus
 from risk.entries import BracketNotProtected, submit_bracket_order
 from tests.helpers import crash_once_the_broker_accepts_an_exit
@@ -242,6 +246,7 @@ def test_market_closed_means_no_action(exchange):
     position = unprotected(exchange)
     exchange.control.set_quote("AAPL", "138.00", "138.02")
     exchange.control.set_clock(False)
+    clock_forget()  # moved by hand: not at a turn the last read announced
 
     result = monitor_cycle()
 
@@ -255,9 +260,53 @@ def test_market_hours_can_be_waived(exchange, settings):
     settings.MONITOR_MARKET_HOURS_ONLY = False
     unprotected(exchange)
     exchange.control.set_clock(False)
+    clock_forget()  # moved by hand: not at a turn the last read announced
     exchange.control.set_quote("AAPL", "138.00", "138.02")
     result = monitor_cycle()
     assert result.actions == 1 and len(exits_sent(exchange)) == 1
+
+
+def clock_reads(exchange) -> int:
+    return sum(1 for r in exchange.control.requests_log() if r["path"] == "/v2/clock")
+
+
+def test_the_clock_is_read_once_until_its_next_turn_at_most_every_five_minutes(exchange, monkeypatch):
+    """It changes only at the turns it announces; every read spends the shared request budget."""
+    unprotected(exchange)
+    exchange.control.set_quote("AAPL", "150.00", "150.02")  # inside the levels: nothing to do
+    exchange.control.clear_requests_log()
+    assert [monitor_cycle().market_open for _ in range(3)] == [True] * 3
+    assert clock_reads(exchange) == 1
+    exchange.control.set_clock(False)  # by hand, between turns: seen once the read is due
+    later = time.monotonic() + market.CLOCK_MAX_SECONDS + 1
+    monkeypatch.setattr(market, "monotonic", lambda: later)
+    assert monitor_cycle().market_open is False and clock_reads(exchange) == 2
+
+
+def test_the_clock_is_read_again_at_the_turn_it_announced_and_a_failure_is_not_kept(exchange, monkeypatch):
+    now = timezone.now()
+    closing_soon = Clock(is_open=True, timestamp=now, next_open=now + timedelta(hours=18),
+                         next_close=now + timedelta(seconds=10))
+    reads = []
+
+    def clock():
+        reads.append(1)
+        if len(reads) == 2:
+            raise BrokerError("clock: HTTP 500", status=500)
+        return closing_soon
+
+    monkeypatch.setattr(market.broker, "clock", clock)
+    started = time.monotonic()
+    monkeypatch.setattr(market, "monotonic", lambda: started)
+    assert market.market_clock() is closing_soon
+    monkeypatch.setattr(market, "monotonic", lambda: started + 4)
+    kept = market.market_clock()
+    assert len(reads) == 1 and kept.next_close == closing_soon.next_close
+    assert kept.timestamp == now + timedelta(seconds=4)  # the broker's time, moved on (the end-of-day flatten)
+    monkeypatch.setattr(market, "monotonic", lambda: started + 11)  # the close it announced has come
+    with pytest.raises(BrokerError):
+        market.market_clock()
+    assert market.market_clock() is closing_soon and len(reads) == 3  # the failure was not kept
 
 
 @pytest.mark.parametrize(

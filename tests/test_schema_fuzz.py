@@ -188,11 +188,13 @@ def test_the_answers_fuzzing_rarely_reaches_conform_too(api, exchange, unhandled
     send("GET", "/api/v1/orders/{id}", 200, path_parameters={"id": created["order"]["id"]})
     send("GET", "/api/v1/orders/{id}", 404, path_parameters={"id": 10**30})
 
-    exchange.control.add_fault("drop_legs", count=1)
-    send("POST", "/api/v1/orders/test", 502, body=GOOD_ORDER)
-    for fault in ("http_500", "non_json_error", "reject"):
+    exchange.control.set_quote("TSLA", "249.99", "250.01")
+    exchange.control.add_fault("drop_legs", count=1)  # a symbol of its own: AAPL's first bracket still works
+    send("POST", "/api/v1/orders/test", 502, body={**GOOD_ORDER, "symbol": "TSLA", "stop_loss": "240",
+                                                    "take_profit": "260"})
+    for fault, answer in (("http_500", 502), ("non_json_error", 502), ("reject", 422)):
         exchange.control.add_fault(fault, method="POST", path="/v2/orders")
-        send("POST", "/api/v1/orders/test", 502, body=GOOD_ORDER)
+        send("POST", "/api/v1/orders/test", answer, body=GOOD_ORDER)
         exchange.control.clear_faults()
 
     # Alpaca refuses a second bracket in a symbol while the first's legs work: a symbol of its own.

@@ -133,9 +133,16 @@ class TestOrderResponseSerializer(serializers.Serializer):
     order = OrderSerializer()
 
 
+class BrokerRefusalSerializer(serializers.Serializer):
+    """A 422: the broker answered and refused the order (its 4xx)."""
+
+    detail = serializers.CharField()
+    broker_status = serializers.IntegerField(help_text="The broker's HTTP status (403, 422, 429...).")
+
+
 class BracketFailureSerializer(serializers.Serializer):
     """A 502: `order` and `position_id` when the bracket was sent but not held; any other broker
-    failure (refused, unreachable, an error page) has `detail` only."""
+    failure (unreachable, an error page, no answer in time) has `detail` only."""
 
     detail = serializers.CharField()
     order = OrderSerializer(required=False,

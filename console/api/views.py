@@ -37,6 +37,7 @@ from .serializers import (
     MAX_ID,
     TRADING_STATE_REFUSED_SCHEMA,
     BracketFailureSerializer,
+    BrokerRefusalSerializer,
     ChecklistSerializer,
     CloseResultSerializer,
     ErrorSerializer,
@@ -97,10 +98,16 @@ class TestOrderView(ConsoleAPIView):
             403: FORBIDDEN,
             415: UNSUPPORTED_MEDIA,
             429: THROTTLED,
+            422: OpenApiResponse(
+                BrokerRefusalSerializer,
+                description="The broker refused the order (wash trade, buying power, an unknown symbol...): "
+                            "`detail` and the broker's HTTP status. The order is recorded as submit_failed.",
+            ),
             502: OpenApiResponse(
                 BracketFailureSerializer,
                 description="The broker did not hold both legs (the entry was cancelled, or its fill is an "
-                            "unprotected position), or another broker failure (then only `detail`).",
+                            "unprotected position), or it failed, did not answer or refused the console's keys (then "
+                            "only `detail`).",
             ),
         },
         description=f"Needs `{perms.ADD_ORDER}`. Quantity above TEST_ORDER_MAX_QTY is a 400 on `quantity`.",
@@ -123,7 +130,10 @@ class TestOrderView(ConsoleAPIView):
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         except BrokerError as exc:
             log.error("test order: broker error: %s", exc)
-            return Response({"detail": f"broker error: {exc}"}, status=status.HTTP_502_BAD_GATEWAY)
+            if exc.outcome_unknown or exc.status == 401:  # no answer, or our own keys refused: not the order
+                return Response({"detail": f"broker error: {exc}"}, status=status.HTTP_502_BAD_GATEWAY)
+            return Response({"detail": f"the broker refused the order: {exc}", "broker_status": exc.status},
+                            status=status.HTTP_422_UNPROCESSABLE_ENTITY)
         entry = order_with_legs(order_id=position.entry_order_id)
         return Response({"position_id": position.pk, "order": OrderSerializer(entry).data},
                         status=status.HTTP_201_CREATED)
