@@ -48,6 +48,8 @@ def _entry_price(orders: list[Order]) -> Decimal | None:
 
 
 def _pending(position: Position, orders: list[Order]) -> Change:
+    if not any(o.role == OrderRole.ENTRY for o in orders):
+        return Change.NONE  # its entry not linked to it yet (being recorded): nothing filled that we know of
     h = holding(position, orders)
     now = timezone.now()
     if h.entry_qty > 0:

@@ -12,6 +12,7 @@ from alpaca.trading.requests import MarketOrderRequest, StopLossRequest, TakePro
 from risk.checklist import checklist_run
 from risk.entries import submit_bracket_order
 from risk.flatten import flatten_preview
+from risk.follow import Change, position_follow
 from risk.market import clock_forget
 from risk.models import RiskEvent
 from risk.monitor import monitor_cycle
@@ -24,12 +25,14 @@ from trading import broker
 from trading.models import (
     CloseReason,
     LevelsSource,
+    Order,
     OrderClass,
     OrderRole,
     Position,
     PositionStatus,
     Protection,
 )
+from trading.orders import order_apply
 from trading.selectors import protection_summary
 from trading.validation import OrderValidationError
 
@@ -105,6 +108,26 @@ def test_a_resting_limit_entry_is_not_an_open_protected_position(exchange, activ
     position.refresh_from_db()
     assert position.status == PositionStatus.PENDING and position.close_reason is None
     assert exit_posts(exchange) == []
+
+
+def test_an_event_applied_to_a_row_read_before_its_link_keeps_the_link(exchange, active):
+    """The trade_updates stream can read an entry's row before the submitting process ties it to
+    its position; applying the event to that stale row must not untie it (which made a resting
+    entry look like an adopted, filled position)."""
+    position = bracket(entry_price="145", quantity=5)  # rests below the ask
+    stale = Order.objects.get(pk=position.entry_order_id)
+    stale.position = None  # as read before the submitter linked it
+    order_apply(order=stale, remote=broker.get_order(stale.broker_order_id))
+    assert Order.objects.get(pk=stale.pk).position_id == position.pk
+    assert position_follow(position=Position.objects.get(pk=position.pk)) == Change.NONE
+    assert Position.objects.get(pk=position.pk).status == PositionStatus.PENDING
+
+
+def test_a_pending_position_whose_entry_is_not_linked_yet_stays_pending(exchange, active):
+    position = bracket(entry_price="145", quantity=5)
+    Order.objects.filter(pk=position.entry_order_id).update(position=None)  # mid-record
+    assert position_follow(position=Position.objects.get(pk=position.pk)) == Change.NONE
+    assert Position.objects.get(pk=position.pk).status == PositionStatus.PENDING
 
 
 def test_broker_side_changes_are_seen_at_the_next_cycle_without_the_stream(exchange, active, settings):

@@ -37,6 +37,10 @@ def new_client_order_id(prefix: str) -> str:
 # --- Reading back -----------------------------------------------------------------------
 
 
+_APPLIED_FIELDS = ["broker_order_id", "status", "filled_qty", "filled_avg_price", "submitted_at", "filled_at",
+                  "updated_at", "order_class", "raw", "synced_at"]
+
+
 def order_apply(*, order: Order, remote: BrokerOrder) -> Order:
     """Copy what the broker says about an order onto its row, legs included. An answer older
     than what the row already holds (the stream and a read-back racing) is not applied."""
@@ -52,7 +56,10 @@ def order_apply(*, order: Order, remote: BrokerOrder) -> Order:
     if remote.order_class in OrderClass.values:
         order.order_class = remote.order_class
     order.raw = remote.raw
-    order.save()
+    if order.pk is None:
+        order.save()
+    else:  # only what the broker said: a row read before another writer linked it keeps its link
+        order.save(update_fields=_APPLIED_FIELDS + (["position"] if order.position_id is not None else []))
     if order.role == OrderRole.EXIT:
         _shares_allocate(order)
     for leg in remote.legs:
